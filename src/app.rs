@@ -1,0 +1,212 @@
+//! Wiring: [`App::build`] prepares the database, the pool and both listeners
+//! (so the bound addresses are known before anything is served), then
+//! [`App::run`] serves until the shutdown future resolves.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::config::ServeSettings;
+use crate::db::{self, PgPool};
+use crate::error::{Error, Result};
+use crate::grpc::proto::alert_service_server::AlertServiceServer;
+use crate::grpc::proto::ingest_service_server::IngestServiceServer;
+use crate::grpc::proto::query_service_server::QueryServiceServer;
+use crate::grpc::{
+    alerts::AlertApi, ingest::IngestApi, observe::ObserveLayer, proto, query::QueryApi,
+};
+use crate::http::{self, HttpState};
+use crate::telemetry::Metrics;
+
+/// A Pulse server, built and bound but not yet serving.
+pub struct App {
+    settings: ServeSettings,
+    /// Bound before serving so callers (and tests on port 0) learn the port.
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+}
+
+impl App {
+    /// Creates the database if missing, applies pending migrations (unless
+    /// `no_migrate`), builds the pool and binds both listeners.
+    pub async fn build(settings: ServeSettings) -> Result<Self> {
+        db::ensure_database(&settings.database.url).await?;
+        if settings.no_migrate {
+            let pending = db::migrations::pending(&settings.database.url).await?;
+            if !pending.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} migration(s) pending ({}) and --no-migrate is set: run `pulse migrate run`",
+                    pending.len(),
+                    pending.join(", ")
+                )));
+            }
+        } else {
+            let applied = db::migrations::run_pending(&settings.database.url).await?;
+            for version in applied {
+                tracing::info!(%version, "applied migration");
+            }
+        }
+        let pool = db::build_pool(&settings.database)?;
+        let grpc_listener = bind(settings.grpc_addr, "gRPC").await?;
+        let http_listener = bind(settings.http_addr, "HTTP").await?;
+        Ok(Self {
+            settings,
+            grpc_listener,
+            http_listener,
+            pool,
+            metrics: Metrics::new(),
+        })
+    }
+
+    /// The address the gRPC listener is bound to.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The address the HTTP listener is bound to.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, ends streams,
+    /// lets in-flight calls finish within the grace period, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let App {
+            settings,
+            grpc_listener,
+            http_listener,
+            pool,
+            metrics,
+        } = self;
+        let grpc_addr = grpc_listener.local_addr().ok();
+        let http_addr = http_listener.local_addr().ok();
+        let stop = CancellationToken::new();
+
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        // Nothing is SERVING until the first database probe says so.
+        for service in db::health::HEALTH_SERVICES {
+            reporter
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
+        let health_task = tokio::spawn(db::health::watch_database(
+            settings.database.url.clone(),
+            reporter,
+            metrics.clone(),
+            settings.health_interval,
+            stop.clone(),
+        ));
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+
+        let max_message = settings.limits.max_message_bytes;
+        let _ = &pool;
+        let grpc = Server::builder()
+            .layer(ObserveLayer::new(metrics.clone()))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                IngestServiceServer::new(IngestApi::new()).max_decoding_message_size(max_message),
+            )
+            .add_service(
+                QueryServiceServer::new(QueryApi::new()).max_decoding_message_size(max_message),
+            )
+            .add_service(
+                AlertServiceServer::new(AlertApi::new()).max_decoding_message_size(max_message),
+            )
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc_listener),
+                stop.clone().cancelled_owned(),
+            );
+
+        let http_app = http::router(HttpState {
+            metrics: metrics.clone(),
+        });
+        let http = axum::serve(http_listener, http_app)
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
+
+        tracing::info!(grpc = ?grpc_addr, http = ?http_addr, "pulse serving");
+        let grpc_task = tokio::spawn(grpc);
+        let http_task = tokio::spawn(async move { http.await });
+
+        shutdown.await;
+        tracing::info!("shutting down: no new calls, finishing in-flight ones");
+        stop.cancel();
+
+        let grace = settings.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            let grpc_result = grpc_task.await;
+            let http_result = http_task.await;
+            (grpc_result, http_result)
+        })
+        .await;
+        let _ = health_task.await;
+        pool.close();
+        match drained {
+            Ok((Ok(Ok(())), Ok(Ok(())))) => {
+                tracing::info!("shut down cleanly");
+                Ok(())
+            }
+            Ok((grpc, http)) => Err(Error::Internal(format!(
+                "server ended with an error: grpc={grpc:?} http={http:?}"
+            ))),
+            Err(_) => {
+                tracing::warn!(
+                    grace_s = grace.as_secs_f64(),
+                    "calls still running after the grace period were cut"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot bind the {what} listener to {addr}: {e}")))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,51 @@
+//! The command line: `pulse serve`, `pulse migrate run|revert|status`.
+//!
+//! Parsing only; each subcommand's work lives in the module it names.
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{DatabaseSettings, LogSettings, ServeSettings};
+
+/// Pulse: real-time product analytics over gRPC and PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "pulse", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogSettings,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if missing, migrate it, and serve gRPC and HTTP.
+    Serve(Box<ServeSettings>),
+    /// Apply, revert or list schema migrations.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum MigrateAction {
+    /// Apply every pending migration (creates the database if missing).
+    Run {
+        #[command(flatten)]
+        database: DatabaseSettings,
+    },
+    /// Revert the last applied migration, or all of them with --all.
+    Revert {
+        /// Revert every applied migration.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        database: DatabaseSettings,
+    },
+    /// List migrations and whether each is applied.
+    Status {
+        #[command(flatten)]
+        database: DatabaseSettings,
+    },
+}

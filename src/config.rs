@@ -1,0 +1,212 @@
+//! Typed settings for every subcommand.
+//!
+//! Each flag and its environment variable is declared once, here, with the
+//! default the README's configuration table documents. Settings are passed
+//! down as values, never read from a global, so tests can run many servers
+//! with different settings in one process.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// Where the database is and how many connections Pulse may hold.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseSettings {
+    /// PostgreSQL URL. The database is created if it does not exist.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/pulse"
+    )]
+    pub url: String,
+
+    /// Most connections held by one Pulse process.
+    #[arg(
+        long = "db-pool-size",
+        env = "PULSE_DB_POOL_SIZE",
+        default_value_t = 16
+    )]
+    pub pool_size: usize,
+
+    /// How long a call waits for a free connection before failing with UNAVAILABLE.
+    #[arg(long = "db-pool-timeout", env = "PULSE_DB_POOL_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub pool_timeout: Duration,
+
+    /// Server-side limit on one SQL statement (PostgreSQL `statement_timeout`).
+    #[arg(long = "db-statement-timeout", env = "PULSE_DB_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub statement_timeout: Duration,
+}
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per record.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Logging settings, shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct LogSettings {
+    /// Log format.
+    #[arg(long = "log-format", env = "PULSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub format: LogFormat,
+
+    /// Log filter in `tracing` syntax, e.g. `info` or `pulse=debug,info`.
+    #[arg(long = "log", env = "RUST_LOG", default_value = "info", global = true)]
+    pub filter: String,
+}
+
+/// Limits on what clients may send. Every limit is enforced with a clear error.
+#[derive(Debug, Clone, Args)]
+pub struct IngestLimits {
+    /// Largest gRPC message accepted, in bytes (RESOURCE_EXHAUSTED above it).
+    #[arg(long = "max-message-bytes", env = "PULSE_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Most events in one IngestEventsRequest (INVALID_ARGUMENT above it).
+    #[arg(
+        long = "max-events-per-message",
+        env = "PULSE_MAX_EVENTS_PER_MESSAGE",
+        default_value_t = 10_000
+    )]
+    pub max_events_per_message: usize,
+
+    /// Largest `data` of one event, in bytes of its JSON form (the event is rejected above it).
+    #[arg(long = "max-data-bytes", env = "PULSE_MAX_DATA_BYTES", default_value_t = 8 * 1024)]
+    pub max_data_bytes: usize,
+
+    /// Longest string field (event_type, user_id, page_url, product_id, ...) in bytes.
+    #[arg(
+        long = "max-string-bytes",
+        env = "PULSE_MAX_STRING_BYTES",
+        default_value_t = 2048
+    )]
+    pub max_string_bytes: usize,
+
+    /// Most per-event errors listed in one IngestEventsResponse (the counts stay exact).
+    #[arg(
+        long = "max-errors-reported",
+        env = "PULSE_MAX_ERRORS_REPORTED",
+        default_value_t = 1000
+    )]
+    pub max_errors_reported: usize,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4 * 1024 * 1024,
+            max_events_per_message: 10_000,
+            max_data_bytes: 8 * 1024,
+            max_string_bytes: 2048,
+            max_errors_reported: 1000,
+        }
+    }
+}
+
+/// Settings of `pulse serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeSettings {
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+
+    /// Address of the gRPC listener (port 0 picks a free port).
+    #[arg(
+        long = "grpc-addr",
+        env = "PULSE_GRPC_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub grpc_addr: SocketAddr,
+
+    /// Address of the HTTP listener (dashboard, /metrics).
+    #[arg(
+        long = "http-addr",
+        env = "PULSE_HTTP_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub http_addr: SocketAddr,
+
+    /// Do not run pending migrations at start (fail if any are pending).
+    #[arg(long = "no-migrate", env = "PULSE_NO_MIGRATE")]
+    pub no_migrate: bool,
+
+    /// How often the database is probed for the health service.
+    #[arg(long = "health-interval", env = "PULSE_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub health_interval: Duration,
+
+    /// How long in-flight calls get to finish after SIGINT/SIGTERM.
+    #[arg(long = "shutdown-grace", env = "PULSE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    pub limits: IngestLimits,
+}
+
+impl ServeSettings {
+    /// Settings for a server on free loopback ports against `database_url`,
+    /// with every other value at its documented default. Used by tests and
+    /// by embedding programs.
+    pub fn for_database(database_url: &str) -> Self {
+        Self {
+            database: DatabaseSettings {
+                url: database_url.to_owned(),
+                pool_size: 16,
+                pool_timeout: Duration::from_secs(5),
+                statement_timeout: Duration::from_secs(30),
+            },
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            no_migrate: false,
+            health_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+            limits: IngestLimits::default(),
+        }
+    }
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 5s, 2m or 1h"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86400.0,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{text}` (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("`{text}` is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,84 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    /// Lookup of event type names, registered on first sight, so events store a 2-byte id.
+    event_types (event_type_id) {
+        /// Surrogate key stored in events.event_type_id.
+        event_type_id -> Int2,
+        /// The event type as sent by clients: click, purchase, sign_up, pageview, ...
+        name -> Text,
+    }
+}
+
+diesel::table! {
+    /// One row per accepted event: the raw fact table. Rollups outlive it (retention deletes old rows).
+    events (event_id) {
+        /// The client-chosen UUID; primary key and idempotency key (a resent id is a duplicate).
+        event_id -> Uuid,
+        /// When the event happened (UTC), after client clock-skew correction.
+        timestamp -> Timestamptz,
+        /// The user (users.user_id); NULL for an anonymous event.
+        user_id -> Nullable<Int8>,
+        /// The event type (event_types.event_type_id).
+        event_type_id -> Int2,
+        /// Free-form properties sent by the client (Event.data); NULL when none were sent.
+        data -> Nullable<Jsonb>,
+    }
+}
+
+diesel::table! {
+    /// The detail of each pageview event (exactly one row per event of type pageview).
+    pageviews (pageview_id) {
+        /// Surrogate key, increasing in insertion order.
+        pageview_id -> Int8,
+        /// The pageview event; deleting the event deletes this row.
+        event_id -> Uuid,
+        /// The viewing user, as in events.user_id (required by the data model); NULL when anonymous.
+        user_id -> Nullable<Int8>,
+        /// The page viewed, as sent by the client.
+        page_url -> Text,
+    }
+}
+
+diesel::table! {
+    /// The detail of each purchase event (exactly one row per event of type purchase).
+    purchases (purchase_id) {
+        /// Surrogate key, increasing in insertion order.
+        purchase_id -> Int8,
+        /// The purchase event; deleting the event deletes this row.
+        event_id -> Uuid,
+        /// The buying user, as in events.user_id (required by the data model); NULL when anonymous.
+        user_id -> Nullable<Int8>,
+        /// The client's product id.
+        product_id -> Text,
+        /// Units bought, at least 1.
+        quantity -> Int4,
+        /// Money paid, exact decimal with at most 4 fractional digits; never floating point.
+        amount -> Numeric,
+    }
+}
+
+diesel::table! {
+    /// Users seen in events or registered by UpsertUsers. Rows are never deleted, so events keep their user.
+    users (user_id) {
+        /// Internal surrogate key (the entity's user_id): fact tables store this 8-byte integer, not the client's string.
+        user_id -> Int8,
+        /// The client's user id as sent in Event.user_id and User.user_id (the API's user_id).
+        external_id -> Text,
+        /// Filled in by UpsertUsers; NULL until then.
+        username -> Nullable<Text>,
+        /// Filled in by UpsertUsers; NULL until then.
+        email -> Nullable<Text>,
+        /// When Pulse first saw the user.
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(events -> event_types (event_type_id));
+diesel::joinable!(events -> users (user_id));
+diesel::joinable!(pageviews -> events (event_id));
+diesel::joinable!(pageviews -> users (user_id));
+diesel::joinable!(purchases -> events (event_id));
+diesel::joinable!(purchases -> users (user_id));
+
+diesel::allow_tables_to_appear_in_same_query!(event_types, events, pageviews, purchases, users,);

@@ -1,0 +1,2 @@
+//! Domain types and rules: validated values and pure functions, no I/O, no
+//! tonic, no diesel. Transport code converts into these at the edge.

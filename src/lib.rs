@@ -1,0 +1,27 @@
+//! Pulse: real-time product analytics over gRPC and PostgreSQL.
+//!
+//! Backend services stream events in (`IngestService`), internal tools read
+//! metrics out (`QueryService`), and on-call people watch alerts
+//! (`AlertService`). See `ARCHITECTURE.md` for the data flow and the reasons
+//! behind each choice.
+//!
+//! # Layout
+//!
+//! * [`cli`] parses the command line; [`config`] declares every setting once.
+//! * [`app`] wires a server: database, pool, listeners, services, shutdown.
+//! * [`grpc`] is the gRPC transport (generated code, handlers, conversions);
+//!   [`http`] serves `/metrics` and the dashboard.
+//! * [`domain`] holds validated types and rules, with no I/O.
+//! * [`db`] is storage: the pool, migrations, and one function per query.
+//! * [`error`] is the error policy; [`telemetry`] is logging and metrics.
+
+pub mod app;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod telemetry;

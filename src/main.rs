@@ -1,0 +1,25 @@
+//! The `pulse` binary: parse the command line, start logging, run the
+//! chosen subcommand.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use pulse::cli::{Cli, Command};
+use pulse::{commands, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Serve(settings) => commands::serve(*settings).await,
+        Command::Migrate { action } => commands::migrate(action).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("pulse: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

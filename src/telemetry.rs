@@ -1,0 +1,135 @@
+//! Logging set-up and the Prometheus registry.
+//!
+//! Logging is initialised once by `main` (tests leave it off, or call
+//! [`init_logging`] themselves); metrics live in a [`Metrics`] value that the
+//! app owns and hands to each layer, so several servers in one process keep
+//! separate counts.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LogSettings};
+
+/// Installs the global `tracing` subscriber. Safe to call twice (the second
+/// call does nothing), so tests may call it too.
+pub fn init_logging(settings: &LogSettings) {
+    let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match settings.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Labels of one RPC outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// `/package.Service/Method`, or `unknown` for paths no service serves.
+    pub method: String,
+    /// The gRPC status code name, e.g. `OK`, `InvalidArgument`.
+    pub code: String,
+}
+
+/// Labels of an ingest outcome class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+/// Every series Pulse exports, with the registry that renders them.
+pub struct Metrics {
+    registry: Registry,
+    pub rpc_requests: Family<RpcLabels, Counter>,
+    pub rpc_duration: Family<RpcLabels, Histogram>,
+    pub db_up: Gauge,
+    pub ingest_events: Family<OutcomeLabels, Counter>,
+    pub ingest_batch_duration: Histogram,
+    pub ingest_streams_in_flight: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Metrics {
+    /// A fresh registry with every Pulse series registered at zero.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("pulse");
+        let rpc_requests = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "grpc_requests",
+            "gRPC calls finished, by method and status code",
+            rpc_requests.clone(),
+        );
+        let rpc_duration = Family::<RpcLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "grpc_request_duration_seconds",
+            "gRPC call duration from request to the end of the response, by method and status code",
+            rpc_duration.clone(),
+        );
+        let db_up = Gauge::default();
+        registry.register(
+            "database_up",
+            "1 while the database answers the health probe, else 0",
+            db_up.clone(),
+        );
+        let ingest_events = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "ingest_events",
+            "Events received by IngestEvents, by outcome (accepted, duplicate, rejected_<reason class>)",
+            ingest_events.clone(),
+        );
+        let ingest_batch_duration = latency_histogram();
+        registry.register(
+            "ingest_batch_write_duration_seconds",
+            "Time to write and commit one ingest batch",
+            ingest_batch_duration.clone(),
+        );
+        let ingest_streams_in_flight = Gauge::default();
+        registry.register(
+            "ingest_streams_in_flight",
+            "IngestEvents streams currently open",
+            ingest_streams_in_flight.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            rpc_requests,
+            rpc_duration,
+            db_up,
+            ingest_events,
+            ingest_batch_duration,
+            ingest_streams_in_flight,
+        })
+    }
+
+    /// Counts `n` ingest events with this outcome.
+    pub fn count_ingest(&self, outcome: &str, n: u64) {
+        if n > 0 {
+            self.ingest_events
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.to_owned(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
