@@ -13,16 +13,19 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::config::ServeSettings;
+use crate::db::ingest::IdCache;
 use crate::db::{self, PgPool};
 use crate::error::{Error, Result};
+use crate::grpc::ingest::{IngestApi, IngestState};
 use crate::grpc::proto::alert_service_server::AlertServiceServer;
 use crate::grpc::proto::ingest_service_server::IngestServiceServer;
 use crate::grpc::proto::query_service_server::QueryServiceServer;
-use crate::grpc::{
-    alerts::AlertApi, ingest::IngestApi, observe::ObserveLayer, proto, query::QueryApi,
-};
+use crate::grpc::{alerts::AlertApi, observe::ObserveLayer, proto, query::QueryApi};
 use crate::http::{self, HttpState};
 use crate::telemetry::Metrics;
+
+/// Users whose surrogate key each process keeps in memory (about 100 bytes each).
+const USER_CACHE_ENTRIES: usize = 500_000;
 
 /// A Pulse server, built and bound but not yet serving.
 pub struct App {
@@ -121,20 +124,26 @@ impl App {
             .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
         let max_message = settings.limits.max_message_bytes;
-        let _ = &pool;
+        let ingest_state = Arc::new(IngestState {
+            pool: pool.clone(),
+            cache: IdCache::new(USER_CACHE_ENTRIES),
+            metrics: metrics.clone(),
+            limits: settings.limits.clone(),
+        });
         let grpc = Server::builder()
             .layer(ObserveLayer::new(metrics.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                IngestServiceServer::new(IngestApi::new()).max_decoding_message_size(max_message),
+                IngestServiceServer::new(IngestApi::new(ingest_state))
+                    .max_decoding_message_size(max_message),
             )
             .add_service(
-                QueryServiceServer::new(QueryApi::new()).max_decoding_message_size(max_message),
+                QueryServiceServer::new(QueryApi::default()).max_decoding_message_size(max_message),
             )
             .add_service(
-                AlertServiceServer::new(AlertApi::new()).max_decoding_message_size(max_message),
+                AlertServiceServer::new(AlertApi::default()).max_decoding_message_size(max_message),
             )
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_listener),
@@ -147,7 +156,11 @@ impl App {
         let http = axum::serve(http_listener, http_app)
             .with_graceful_shutdown(stop.clone().cancelled_owned());
 
-        tracing::info!(grpc = ?grpc_addr, http = ?http_addr, "pulse serving");
+        tracing::info!(
+            grpc_addr = %display_addr(grpc_addr),
+            http_addr = %display_addr(http_addr),
+            "pulse serving"
+        );
         let grpc_task = tokio::spawn(grpc);
         let http_task = tokio::spawn(async move { http.await });
 
@@ -181,6 +194,10 @@ impl App {
             }
         }
     }
+}
+
+fn display_addr(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "?".to_owned(), |a| a.to_string())
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {

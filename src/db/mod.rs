@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod health;
+pub mod ingest;
 pub mod migrations;
 pub mod pool;
 pub mod schema;

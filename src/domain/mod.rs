@@ -1,2 +1,6 @@
 //! Domain types and rules: validated values and pure functions, no I/O, no
-//! tonic, no diesel. Transport code converts into these at the edge.
+//! tonic, no diesel. Transport code converts into these at the edge
+//! (`grpc/convert.rs`), storage code takes only these.
+
+pub mod event;
+pub mod user;

@@ -10,14 +10,8 @@ use super::proto::alert_service_server::AlertService;
 use super::proto::*;
 
 /// Serves alert rules and notification streams.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct AlertApi {}
-
-impl AlertApi {
-    pub fn new() -> Self {
-        Self {}
-    }
-}
 
 type NotificationStream = Pin<Box<dyn Stream<Item = Result<AlertNotification, Status>> + Send>>;
 

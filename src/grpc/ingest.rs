@@ -1,34 +1,262 @@
-//! `pulse.v1.IngestService`.
+//! `pulse.v1.IngestService`: the front door.
+//!
+//! `IngestEvents` runs two tasks per stream: this handler decodes and
+//! validates messages as they arrive, and a writer task commits batches in
+//! arrival order. A bounded channel between them lets decoding overlap with
+//! writing while keeping memory bounded; small messages queued behind a
+//! write are coalesced into one batch. The response is sent only after the
+//! writer has committed every accepted event.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::not_built_yet;
+use super::convert;
 use super::proto::ingest_service_server::IngestService;
 use super::proto::*;
+use crate::config::IngestLimits;
+use crate::db::ingest::{IdCache, upsert_users, write_events};
+use crate::db::{PgPool, connection};
+use crate::domain::event::{Clock, EventLimits, RawEvent, ValidEvent, validate};
+use crate::domain::user::validate_user;
+use crate::error::Error;
+use crate::telemetry::Metrics;
+
+/// Most events the writer coalesces into one statement.
+const MAX_BATCH_EVENTS: usize = 5_000;
+/// Most users in one UpsertUsers request.
+pub const MAX_USERS_PER_REQUEST: usize = 10_000;
+
+/// What every ingest call shares.
+pub struct IngestState {
+    pub pool: PgPool,
+    pub cache: IdCache,
+    pub metrics: Arc<Metrics>,
+    pub limits: IngestLimits,
+}
 
 /// Receives events and users.
 #[derive(Clone)]
-pub struct IngestApi {}
+pub struct IngestApi {
+    state: Arc<IngestState>,
+}
 
 impl IngestApi {
-    pub fn new() -> Self {
-        Self {}
+    pub fn new(state: Arc<IngestState>) -> Self {
+        Self { state }
     }
+}
+
+/// Counts of one stream, as the response reports them.
+#[derive(Debug, Default)]
+struct Totals {
+    accepted: u64,
+    duplicates: u64,
+}
+
+/// Decrements the in-flight gauge however the stream ends.
+struct InFlight(Arc<Metrics>);
+
+impl InFlight {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.ingest_streams_in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.ingest_streams_in_flight.dec();
+    }
+}
+
+/// Commits batches in order until the channel closes or a write fails.
+async fn write_loop(
+    state: Arc<IngestState>,
+    mut batches: mpsc::Receiver<Vec<ValidEvent>>,
+) -> Result<Totals, Error> {
+    let mut totals = Totals::default();
+    while let Some(mut batch) = batches.recv().await {
+        while batch.len() < MAX_BATCH_EVENTS {
+            match batches.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        // Repeats inside one batch are duplicates of their first occurrence.
+        let mut seen = HashSet::with_capacity(batch.len());
+        let before = batch.len();
+        batch.retain(|e| seen.insert(e.event_id));
+        let repeated = (before - batch.len()) as u64;
+
+        let started = Instant::now();
+        let mut conn = connection(&state.pool).await?;
+        let outcome = write_events(&mut conn, &state.cache, &mut batch).await?;
+        drop(conn);
+        state
+            .metrics
+            .ingest_batch_duration
+            .observe(started.elapsed().as_secs_f64());
+
+        let accepted = outcome.inserted.len() as u64;
+        let duplicates = batch.len() as u64 - accepted + repeated;
+        state.metrics.count_ingest("accepted", accepted);
+        state.metrics.count_ingest("duplicate", duplicates);
+        totals.accepted += accepted;
+        totals.duplicates += duplicates;
+    }
+    Ok(totals)
+}
+
+fn stream_error(status: Status, max_message_bytes: usize) -> Status {
+    // tonic reports an oversized message as OUT_OF_RANGE; the contract says
+    // RESOURCE_EXHAUSTED, with the limit and what to do.
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+        return Status::resource_exhausted(format!(
+            "{}; split the events over more messages (limit: PULSE_MAX_MESSAGE_BYTES = {max_message_bytes})",
+            status.message()
+        ));
+    }
+    status
 }
 
 #[tonic::async_trait]
 impl IngestService for IngestApi {
     async fn ingest_events(
         &self,
-        _request: Request<Streaming<IngestEventsRequest>>,
+        request: Request<Streaming<IngestEventsRequest>>,
     ) -> Result<Response<IngestEventsResponse>, Status> {
-        Err(not_built_yet("IngestEvents"))
+        let state = self.state.clone();
+        let _in_flight = InFlight::new(state.metrics.clone());
+        let limits = state.limits.clone();
+        let event_limits = EventLimits {
+            max_data_bytes: limits.max_data_bytes,
+            max_string_bytes: limits.max_string_bytes,
+        };
+        let mut stream = request.into_inner();
+        let (batches, receiver) = mpsc::channel::<Vec<ValidEvent>>(2);
+        let writer = tokio::spawn(write_loop(state.clone(), receiver));
+
+        let mut index: u64 = 0;
+        let mut rejected: u64 = 0;
+        let mut errors: Vec<EventError> = Vec::new();
+        let mut failure: Option<Status> = None;
+
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(status) => {
+                    failure = Some(stream_error(status, limits.max_message_bytes));
+                    break;
+                }
+            };
+            if message.events.len() > limits.max_events_per_message {
+                failure = Some(Status::invalid_argument(format!(
+                    "a message holds {} events; the limit is {} (PULSE_MAX_EVENTS_PER_MESSAGE): send more, smaller messages",
+                    message.events.len(),
+                    limits.max_events_per_message
+                )));
+                break;
+            }
+            let sent_at = match &message.sent_at {
+                None => None,
+                Some(ts) => match convert::timestamp(ts) {
+                    Some(t) => Some(t),
+                    None => {
+                        failure = Some(Status::invalid_argument("sent_at is out of range"));
+                        break;
+                    }
+                },
+            };
+            let clock = Clock {
+                received_at: chrono::Utc::now(),
+                sent_at,
+            };
+            let mut valid = Vec::with_capacity(message.events.len());
+            for event in message.events {
+                let event_id = event.event_id.clone();
+                let checked =
+                    RawEvent::try_from(event).and_then(|raw| validate(raw, &clock, &event_limits));
+                match checked {
+                    Ok(event) => valid.push(event),
+                    Err(rejection) => {
+                        rejected += 1;
+                        state
+                            .metrics
+                            .count_ingest(&format!("rejected_{}", rejection.class), 1);
+                        if errors.len() < limits.max_errors_reported {
+                            let mut event_id = event_id;
+                            event_id.truncate(64);
+                            errors.push(EventError {
+                                index,
+                                event_id,
+                                reason: rejection.reason,
+                            });
+                        }
+                    }
+                }
+                index += 1;
+            }
+            if !valid.is_empty() && batches.send(valid).await.is_err() {
+                // The writer stopped on an error; it is reported below.
+                break;
+            }
+        }
+        drop(batches);
+        let written = writer
+            .await
+            .map_err(|e| Status::internal(format!("ingest writer task failed: {e}")))?;
+        let totals = match (failure, written) {
+            (Some(status), _) => return Err(status),
+            (None, Err(error)) => return Err(error.into()),
+            (None, Ok(totals)) => totals,
+        };
+        tracing::info!(
+            events = index,
+            accepted = totals.accepted,
+            duplicates = totals.duplicates,
+            rejected,
+            "ingest stream done"
+        );
+        Ok(Response::new(IngestEventsResponse {
+            accepted: totals.accepted,
+            duplicates: totals.duplicates,
+            rejected,
+            errors,
+        }))
     }
 
     async fn upsert_users(
         &self,
-        _request: Request<UpsertUsersRequest>,
+        request: Request<UpsertUsersRequest>,
     ) -> Result<Response<UpsertUsersResponse>, Status> {
-        Err(not_built_yet("UpsertUsers"))
+        let users = request.into_inner().users;
+        if users.len() > MAX_USERS_PER_REQUEST {
+            return Err(Status::invalid_argument(format!(
+                "{} users in one request; the limit is {MAX_USERS_PER_REQUEST}",
+                users.len()
+            )));
+        }
+        // The last entry for a user id wins.
+        let mut by_id = std::collections::BTreeMap::new();
+        for (i, user) in users.into_iter().enumerate() {
+            let valid = validate_user(user.user_id, user.username, user.email)
+                .map_err(|why| Status::invalid_argument(format!("users[{i}]: {why}")))?;
+            by_id.insert(valid.user_id.clone(), valid);
+        }
+        let mut users: Vec<_> = by_id.into_values().collect();
+        if users.is_empty() {
+            return Ok(Response::new(UpsertUsersResponse::default()));
+        }
+        let mut conn = connection(&self.state.pool).await?;
+        let outcome = upsert_users(&mut conn, &mut users).await?;
+        Ok(Response::new(UpsertUsersResponse {
+            created: outcome.created,
+            updated: outcome.updated,
+        }))
     }
 }

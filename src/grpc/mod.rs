@@ -6,6 +6,7 @@
 //! below this module knows about tonic.
 
 pub mod alerts;
+pub mod convert;
 pub mod ingest;
 pub mod observe;
 pub mod query;

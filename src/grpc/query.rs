@@ -6,14 +6,8 @@ use super::proto::query_service_server::QueryService;
 use super::proto::{GetMetricsRequest, GetMetricsResponse};
 
 /// Serves metric queries.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct QueryApi {}
-
-impl QueryApi {
-    pub fn new() -> Self {
-        Self {}
-    }
-}
 
 #[tonic::async_trait]
 impl QueryService for QueryApi {

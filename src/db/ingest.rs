@@ -1,0 +1,357 @@
+//! The ingest write path: one batch of validated events into `events`,
+//! `pageviews` and `purchases`, with users and event types registered on
+//! first sight.
+//!
+//! A batch costs one statement in the common case: the users and types of a
+//! warm stream come from [`IdCache`], and the events with their details are
+//! written by a single data-modifying CTE over `unnest`ed arrays, so the
+//! batch is atomic without an explicit transaction and takes one round trip.
+//!
+//! Concurrency: rows are inserted in `event_id` (and `external_id`) order,
+//! so two batches that share new ids lock them in the same order and cannot
+//! deadlock; the second waits for the first and then sees a duplicate.
+//! `ON CONFLICT DO NOTHING` makes a resent event a duplicate whatever its
+//! timestamp.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+
+use bigdecimal::BigDecimal;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, Int2, Int4, Int8, Jsonb, Nullable, Numeric, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::schema::{event_types, users};
+use crate::domain::event::{Detail, ValidEvent};
+use crate::domain::user::UserUpsert;
+use crate::error::{Error, Result};
+
+/// Process-wide caches of the surrogate keys of users and event types.
+///
+/// Only ids read back from committed rows enter the cache, and those rows are
+/// never deleted, so a cached id is always valid. The user cache is bounded:
+/// when full it is cleared and refills from the database.
+pub struct IdCache {
+    types: RwLock<HashMap<String, i16>>,
+    users: Mutex<HashMap<String, i64>>,
+    max_users: usize,
+}
+
+impl IdCache {
+    pub fn new(max_users: usize) -> Self {
+        Self {
+            types: RwLock::default(),
+            users: Mutex::default(),
+            max_users,
+        }
+    }
+
+    fn type_id(&self, name: &str) -> Option<i16> {
+        self.types.read().ok()?.get(name).copied()
+    }
+
+    fn user_id(&self, external_id: &str) -> Option<i64> {
+        self.users.lock().ok()?.get(external_id).copied()
+    }
+
+    fn remember_types(&self, found: &[(i16, String)]) {
+        if let Ok(mut types) = self.types.write() {
+            for (id, name) in found {
+                types.insert(name.clone(), *id);
+            }
+        }
+    }
+
+    fn remember_users(&self, found: &[(i64, String)]) {
+        if let Ok(mut users) = self.users.lock() {
+            if users.len() + found.len() > self.max_users {
+                users.clear();
+            }
+            for (id, external) in found {
+                users.insert(external.clone(), *id);
+            }
+        }
+    }
+}
+
+/// What happened to a batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Events stored by this batch.
+    pub inserted: Vec<Uuid>,
+}
+
+#[derive(QueryableByName)]
+struct InsertedRow {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    event_id: Uuid,
+}
+
+/// Writes one batch. `events` must hold distinct event ids. Returns the ids
+/// that were new; the others were already stored (duplicates).
+pub async fn write_events(
+    conn: &mut AsyncPgConnection,
+    cache: &IdCache,
+    events: &mut [ValidEvent],
+) -> Result<BatchOutcome> {
+    if events.is_empty() {
+        return Ok(BatchOutcome::default());
+    }
+    // A fixed lock order across concurrent batches: no deadlocks.
+    events.sort_unstable_by_key(|e| e.event_id);
+
+    let type_ids = resolve_types(conn, cache, events).await?;
+    let user_ids = resolve_users(conn, cache, events).await?;
+
+    let n = events.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut times: Vec<DateTime<Utc>> = Vec::with_capacity(n);
+    let mut user_refs: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut types: Vec<i16> = Vec::with_capacity(n);
+    let mut data: Vec<Option<serde_json::Value>> = Vec::with_capacity(n);
+    let mut pv_ids = Vec::new();
+    let mut pv_urls: Vec<&str> = Vec::new();
+    let mut pu_ids = Vec::new();
+    let mut pu_products: Vec<&str> = Vec::new();
+    let mut pu_quantities: Vec<i32> = Vec::new();
+    let mut pu_amounts: Vec<&BigDecimal> = Vec::new();
+    for event in events.iter() {
+        ids.push(event.event_id);
+        times.push(event.timestamp);
+        user_refs.push(event.user_id.as_ref().map(|u| user_ids[u.as_str()]));
+        types.push(type_ids[event.event_type.as_str()]);
+        data.push(event.data.clone());
+        match &event.detail {
+            Detail::None => {}
+            Detail::Pageview { page_url } => {
+                pv_ids.push(event.event_id);
+                pv_urls.push(page_url);
+            }
+            Detail::Purchase {
+                product_id,
+                quantity,
+                amount,
+            } => {
+                pu_ids.push(event.event_id);
+                pu_products.push(product_id);
+                pu_quantities.push(*quantity);
+                pu_amounts.push(amount);
+            }
+        }
+    }
+
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = diesel::sql_query(INSERT_EVENTS)
+            .bind::<Array<diesel::sql_types::Uuid>, _>(&ids)
+            .bind::<Array<Timestamptz>, _>(&times)
+            .bind::<Array<Nullable<Int8>>, _>(&user_refs)
+            .bind::<Array<Int2>, _>(&types)
+            .bind::<Array<Nullable<Jsonb>>, _>(&data)
+            .bind::<Array<diesel::sql_types::Uuid>, _>(&pv_ids)
+            .bind::<Array<Text>, _>(&pv_urls)
+            .bind::<Array<diesel::sql_types::Uuid>, _>(&pu_ids)
+            .bind::<Array<Text>, _>(&pu_products)
+            .bind::<Array<Int4>, _>(&pu_quantities)
+            .bind::<Array<Numeric>, _>(&pu_amounts)
+            .load::<InsertedRow>(conn)
+            .await;
+        match result {
+            Ok(rows) => {
+                return Ok(BatchOutcome {
+                    inserted: rows.into_iter().map(|r| r.event_id).collect(),
+                });
+            }
+            Err(e) if attempt < 3 && is_retryable(&e) => {
+                tracing::warn!(error = %e, attempt, "retrying an ingest batch");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The batch statement. `$1..$5` are the events, `$6..$7` the pageviews,
+/// `$8..$11` the purchases; details are inserted only for events that are
+/// new (joined with `ins`), so a duplicate leaves no trace.
+///
+/// Seam for rollups: a further CTE reading `ins` (joined with the detail
+/// arrays) maintains the summary tables in the same statement, hence in the
+/// same transaction as the events it counts.
+const INSERT_EVENTS: &str = r#"
+WITH ins AS (
+    INSERT INTO events (event_id, "timestamp", user_id, event_type_id, data)
+    SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int8[], $4::int2[], $5::jsonb[])
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id, user_id
+), pv AS (
+    INSERT INTO pageviews (event_id, user_id, page_url)
+    SELECT d.event_id, ins.user_id, d.page_url
+    FROM unnest($6::uuid[], $7::text[]) AS d(event_id, page_url)
+    JOIN ins USING (event_id)
+), pu AS (
+    INSERT INTO purchases (event_id, user_id, product_id, quantity, amount)
+    SELECT d.event_id, ins.user_id, d.product_id, d.quantity, d.amount
+    FROM unnest($8::uuid[], $9::text[], $10::int4[], $11::numeric[])
+        AS d(event_id, product_id, quantity, amount)
+    JOIN ins USING (event_id)
+)
+SELECT event_id FROM ins
+"#;
+
+fn is_retryable(error: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as E};
+    match error {
+        E::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
+        E::DatabaseError(_, info) => info.message().contains("deadlock detected"),
+        _ => false,
+    }
+}
+
+/// Ids of the batch's event types, registering new ones.
+async fn resolve_types(
+    conn: &mut AsyncPgConnection,
+    cache: &IdCache,
+    events: &[ValidEvent],
+) -> Result<HashMap<String, i16>> {
+    let mut resolved = HashMap::new();
+    let mut missing: Vec<&str> = Vec::new();
+    for event in events {
+        if resolved.contains_key(&event.event_type) || missing.contains(&event.event_type.as_str())
+        {
+            continue;
+        }
+        match cache.type_id(&event.event_type) {
+            Some(id) => {
+                resolved.insert(event.event_type.clone(), id);
+            }
+            None => missing.push(&event.event_type),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(resolved);
+    }
+    missing.sort_unstable();
+    // Only names not stored yet are inserted, so no identity value is spent
+    // on a conflict (the key is a smallint).
+    diesel::sql_query(
+        "INSERT INTO event_types (name)
+         SELECT n FROM unnest($1::text[]) AS n
+         WHERE NOT EXISTS (SELECT 1 FROM event_types t WHERE t.name = n)
+         ORDER BY n
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind::<Array<Text>, _>(&missing)
+    .execute(conn)
+    .await?;
+    let found: Vec<(i16, String)> = event_types::table
+        .filter(event_types::name.eq_any(&missing))
+        .select((event_types::event_type_id, event_types::name))
+        .load(conn)
+        .await?;
+    if found.len() != missing.len() {
+        return Err(Error::Internal(
+            "an event type vanished while being registered".into(),
+        ));
+    }
+    cache.remember_types(&found);
+    resolved.extend(found.into_iter().map(|(id, name)| (name, id)));
+    Ok(resolved)
+}
+
+/// Surrogate keys of the batch's users, registering unknown ones.
+async fn resolve_users(
+    conn: &mut AsyncPgConnection,
+    cache: &IdCache,
+    events: &[ValidEvent],
+) -> Result<HashMap<String, i64>> {
+    let mut resolved: HashMap<String, i64> = HashMap::new();
+    let mut missing: Vec<&str> = Vec::new();
+    for user in events.iter().filter_map(|e| e.user_id.as_deref()) {
+        if resolved.contains_key(user) {
+            continue;
+        }
+        match cache.user_id(user) {
+            Some(id) => {
+                resolved.insert(user.to_owned(), id);
+            }
+            None => missing.push(user),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(resolved);
+    }
+    missing.sort_unstable();
+    missing.dedup();
+    diesel::sql_query(
+        "INSERT INTO users (external_id)
+         SELECT x FROM unnest($1::text[]) AS x
+         WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.external_id = x)
+         ORDER BY x
+         ON CONFLICT (external_id) DO NOTHING",
+    )
+    .bind::<Array<Text>, _>(&missing)
+    .execute(conn)
+    .await?;
+    let found: Vec<(i64, String)> = users::table
+        .filter(users::external_id.eq_any(&missing))
+        .select((users::user_id, users::external_id))
+        .load(conn)
+        .await?;
+    if found.len() != missing.len() {
+        return Err(Error::Internal(
+            "a user vanished while being registered".into(),
+        ));
+    }
+    cache.remember_users(&found);
+    resolved.extend(found.into_iter().map(|(id, external)| (external, id)));
+    Ok(resolved)
+}
+
+/// What `UpsertUsers` did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UpsertOutcome {
+    pub created: u64,
+    pub updated: u64,
+}
+
+#[derive(QueryableByName)]
+struct UpsertRow {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    created: bool,
+}
+
+/// Creates users or fills in their username and email. A `None` field leaves
+/// the stored value unchanged; a row whose values do not change is neither
+/// created nor updated. `users` must hold distinct user ids.
+pub async fn upsert_users(
+    conn: &mut AsyncPgConnection,
+    users: &mut [UserUpsert],
+) -> Result<UpsertOutcome> {
+    users.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
+    let ids: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
+    let names: Vec<Option<&str>> = users.iter().map(|u| u.username.as_deref()).collect();
+    let emails: Vec<Option<&str>> = users.iter().map(|u| u.email.as_deref()).collect();
+    let rows: Vec<UpsertRow> = diesel::sql_query(
+        "INSERT INTO users AS u (external_id, username, email)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+         ON CONFLICT (external_id) DO UPDATE
+            SET username = COALESCE(EXCLUDED.username, u.username),
+                email = COALESCE(EXCLUDED.email, u.email)
+            WHERE (u.username, u.email) IS DISTINCT FROM
+                  (COALESCE(EXCLUDED.username, u.username), COALESCE(EXCLUDED.email, u.email))
+         RETURNING (xmax = 0) AS created",
+    )
+    .bind::<Array<Text>, _>(&ids)
+    .bind::<Array<Nullable<Text>>, _>(&names)
+    .bind::<Array<Nullable<Text>>, _>(&emails)
+    .load(conn)
+    .await?;
+    let created = rows.iter().filter(|r| r.created).count() as u64;
+    Ok(UpsertOutcome {
+        created,
+        updated: rows.len() as u64 - created,
+    })
+}
