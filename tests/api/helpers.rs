@@ -241,6 +241,18 @@ impl TestApp {
         self.stop_and_wait().await
     }
 
+    /// Signals shutdown (like SIGTERM) without waiting.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits for the server to return after [`TestApp::begin_shutdown`].
+    pub async fn wait_stopped(&mut self) -> pulse::error::Result<()> {
+        self.stop_and_wait().await
+    }
+
     async fn stop_and_wait(&mut self) -> pulse::error::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -471,3 +471,31 @@ async fn metrics_count_ingest_outcomes() {
         assert!(body.contains(series), "missing `{series}` in\n{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_lets_an_open_stream_finish_and_refuses_new_calls() {
+    let mut app = TestApp::spawn().await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<IngestEventsRequest>(4);
+    let mut client = app.ingest();
+    let call = tokio::spawn(async move {
+        client.ingest_events(tokio_stream::wrappers::ReceiverStream::new(rx)).await
+    });
+    tx.send(message(vec![click(Uuid::now_v7(), "u")])).await.expect("send");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while count(&app.db, "events").await == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    app.begin_shutdown();
+    // The open stream goes on and is answered in full.
+    tx.send(message(vec![click(Uuid::now_v7(), "u"), click(Uuid::now_v7(), "u")])).await.expect("send");
+    drop(tx);
+    let response = call.await.expect("joined").expect("the in-flight stream completes").into_inner();
+    assert_eq!(response.accepted, 3);
+    app.wait_stopped().await.expect("the server returns cleanly");
+    assert_eq!(count(&app.db, "events").await, 3);
+
+    // Nothing listens any more.
+    let refused = tokio::net::TcpStream::connect(app.grpc_addr).await;
+    assert!(refused.is_err(), "the gRPC port still accepts connections");
+}
