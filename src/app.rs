@@ -112,6 +112,13 @@ impl App {
             stop.clone(),
         ));
 
+        let fold_task = tokio::spawn(crate::jobs::fold_rollups(
+            pool.clone(),
+            metrics.clone(),
+            settings.rollup_interval,
+            stop.clone(),
+        ));
+
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -140,7 +147,11 @@ impl App {
                     .max_decoding_message_size(max_message),
             )
             .add_service(
-                QueryServiceServer::new(QueryApi::default()).max_decoding_message_size(max_message),
+                QueryServiceServer::new(QueryApi::new(
+                    pool.clone(),
+                    settings.limits.max_string_bytes,
+                ))
+                .max_decoding_message_size(max_message),
             )
             .add_service(
                 AlertServiceServer::new(AlertApi::default()).max_decoding_message_size(max_message),
@@ -176,6 +187,7 @@ impl App {
         })
         .await;
         let _ = health_task.await;
+        let _ = fold_task.await;
         pool.close();
         match drained {
             Ok((Ok(Ok(())), Ok(Ok(())))) => {

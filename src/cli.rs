@@ -1,10 +1,12 @@
-//! The command line: `pulse serve`, `pulse migrate run|revert|status`.
+//! The command line: `pulse serve`, `pulse migrate run|revert|status`,
+//! `pulse loadgen`.
 //!
 //! Parsing only; each subcommand's work lives in the module it names.
 
 use clap::{Parser, Subcommand};
 
 use crate::config::{DatabaseSettings, LogSettings, ServeSettings};
+use crate::loadgen;
 
 /// Pulse: real-time product analytics over gRPC and PostgreSQL.
 #[derive(Debug, Parser)]
@@ -26,6 +28,9 @@ pub enum Command {
         #[command(subcommand)]
         action: MigrateAction,
     },
+    /// Send generated events to IngestEvents and report throughput and ack
+    /// latency, or write the same events as CSV for `psql \copy`.
+    Loadgen(Box<loadgen::LoadgenSettings>),
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -141,6 +141,10 @@ pub struct ServeSettings {
     #[arg(long = "shutdown-grace", env = "PULSE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// How often pending rollup deltas are folded into the rollup tables.
+    #[arg(long = "rollup-interval", env = "PULSE_ROLLUP_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub rollup_interval: Duration,
+
     #[command(flatten)]
     pub limits: IngestLimits,
 }
@@ -162,6 +166,7 @@ impl ServeSettings {
             no_migrate: false,
             health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            rollup_interval: Duration::from_millis(500),
             limits: IngestLimits::default(),
         }
     }

@@ -13,7 +13,10 @@
 //!   [`http`] serves `/metrics` and the dashboard.
 //! * [`domain`] holds validated types and rules, with no I/O.
 //! * [`db`] is storage: the pool, migrations, and one function per query.
+//! * [`jobs`] are background loops of `serve` (rollup folding).
 //! * [`error`] is the error policy; [`telemetry`] is logging and metrics.
+//! * [`loadgen`] is `pulse loadgen`: a deterministic event generator that
+//!   drives `IngestEvents` or writes the same rows as CSV for `psql \copy`.
 
 pub mod app;
 pub mod cli;
@@ -24,4 +27,6 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod jobs;
+pub mod loadgen;
 pub mod telemetry;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pulse::cli::{Cli, Command};
-use pulse::{commands, telemetry};
+use pulse::{commands, loadgen, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(settings) => commands::serve(*settings).await,
         Command::Migrate { action } => commands::migrate(action).await,
+        Command::Loadgen(settings) => loadgen::run(*settings).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

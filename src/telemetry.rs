@@ -54,6 +54,9 @@ pub struct Metrics {
     pub ingest_events: Family<OutcomeLabels, Counter>,
     pub ingest_batch_duration: Histogram,
     pub ingest_streams_in_flight: Gauge,
+    pub rollup_fold_duration: Histogram,
+    pub rollup_folded_rows: Counter,
+    pub rollup_fold_failures: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -103,6 +106,24 @@ impl Metrics {
             "IngestEvents streams currently open",
             ingest_streams_in_flight.clone(),
         );
+        let rollup_fold_duration = latency_histogram();
+        registry.register(
+            "rollup_fold_duration_seconds",
+            "Time of one fold of rollup deltas into the rollup tables",
+            rollup_fold_duration.clone(),
+        );
+        let rollup_folded_rows = Counter::default();
+        registry.register(
+            "rollup_folded_delta_rows",
+            "Delta rows folded into rollups",
+            rollup_folded_rows.clone(),
+        );
+        let rollup_fold_failures = Counter::default();
+        registry.register(
+            "rollup_fold_failures",
+            "Folds that failed (retried next interval)",
+            rollup_fold_failures.clone(),
+        );
         Arc::new(Self {
             registry,
             rpc_requests,
@@ -111,6 +132,9 @@ impl Metrics {
             ingest_events,
             ingest_batch_duration,
             ingest_streams_in_flight,
+            rollup_fold_duration,
+            rollup_folded_rows,
+            rollup_fold_failures,
         })
     }
 

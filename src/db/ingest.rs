@@ -174,29 +174,42 @@ pub async fn write_events(
 }
 
 /// The batch statement. `$1..$5` are the events, `$6..$7` the pageviews,
-/// `$8..$11` the purchases; details are inserted only for events that are
-/// new (joined with `ins`), so a duplicate leaves no trace.
-///
-/// Seam for rollups: a further CTE reading `ins` (joined with the detail
-/// arrays) maintains the summary tables in the same statement, hence in the
-/// same transaction as the events it counts.
+/// `$8..$11` the purchases. Everything downstream of `ins` sees only the
+/// events that were new, so a duplicate leaves no trace: details are
+/// inserted for them alone, and the rollup deltas (see `db/rollups.rs`)
+/// count them alone, in the same statement and so the same transaction.
 const INSERT_EVENTS: &str = r#"
 WITH ins AS (
     INSERT INTO events (event_id, "timestamp", user_id, event_type_id, data)
     SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int8[], $4::int2[], $5::jsonb[])
     ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id, user_id
+    RETURNING event_id, user_id, date_trunc('minute', "timestamp", 'UTC') AS minute, event_type_id
 ), pv AS (
     INSERT INTO pageviews (event_id, user_id, page_url)
     SELECT d.event_id, ins.user_id, d.page_url
     FROM unnest($6::uuid[], $7::text[]) AS d(event_id, page_url)
     JOIN ins USING (event_id)
+    RETURNING event_id, page_url
 ), pu AS (
     INSERT INTO purchases (event_id, user_id, product_id, quantity, amount)
     SELECT d.event_id, ins.user_id, d.product_id, d.quantity, d.amount
     FROM unnest($8::uuid[], $9::text[], $10::int4[], $11::numeric[])
         AS d(event_id, product_id, quantity, amount)
     JOIN ins USING (event_id)
+    RETURNING event_id, product_id, quantity, amount
+), type_deltas AS (
+    INSERT INTO rollup_type_deltas (minute, event_type_id, events)
+    SELECT minute, event_type_id, count(*) FROM ins GROUP BY 1, 2
+), page_deltas AS (
+    INSERT INTO rollup_page_deltas (minute, page_url, pageviews)
+    SELECT ins.minute, pv.page_url, count(*) FROM pv JOIN ins USING (event_id) GROUP BY 1, 2
+), product_deltas AS (
+    INSERT INTO rollup_product_deltas (minute, product_id, purchases, quantity, revenue)
+    SELECT ins.minute, pu.product_id, count(*), sum(pu.quantity), sum(pu.amount)
+    FROM pu JOIN ins USING (event_id) GROUP BY 1, 2
+), user_deltas AS (
+    INSERT INTO rollup_user_deltas (minute, event_type_id, user_id)
+    SELECT DISTINCT minute, event_type_id, user_id FROM ins WHERE user_id IS NOT NULL
 )
 SELECT event_id FROM ins
 "#;

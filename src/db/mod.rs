@@ -8,8 +8,10 @@
 pub mod admin;
 pub mod health;
 pub mod ingest;
+pub mod metrics;
 pub mod migrations;
 pub mod pool;
+pub mod rollups;
 pub mod schema;
 
 pub use pool::{PgPool, PooledConnection, build_pool, connection, ensure_database};

@@ -59,6 +59,68 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Pageviews per bucket and page (rollup of pageviews).
+    rollup_page_counts (resolution, bucket, page_url) {
+        /// Bucket width in seconds: 60, 3600 or 86400.
+        resolution -> Int4,
+        /// Start of the bucket, aligned to the resolution in UTC.
+        bucket -> Timestamptz,
+        /// The page.
+        page_url -> Text,
+        /// Number of pageview events.
+        pageviews -> Int8,
+    }
+}
+
+diesel::table! {
+    /// Purchases, quantity and revenue per bucket and product (rollup of purchases).
+    rollup_product_counts (resolution, bucket, product_id) {
+        /// Bucket width in seconds: 60, 3600 or 86400.
+        resolution -> Int4,
+        /// Start of the bucket, aligned to the resolution in UTC.
+        bucket -> Timestamptz,
+        /// The product.
+        product_id -> Text,
+        /// Number of purchase events.
+        purchases -> Int8,
+        /// Sum of purchased quantities.
+        quantity -> Int8,
+        /// Sum of purchase amounts, exact.
+        revenue -> Numeric,
+    }
+}
+
+diesel::table! {
+    /// Events per bucket and event type (rollup of events).
+    rollup_type_counts (resolution, bucket, event_type_id) {
+        /// Bucket width in seconds: 60, 3600 or 86400.
+        resolution -> Int4,
+        /// Start of the bucket, aligned to the resolution in UTC.
+        bucket -> Timestamptz,
+        /// The event type.
+        event_type_id -> Int2,
+        /// Number of events.
+        events -> Int8,
+    }
+}
+
+diesel::table! {
+    /// The exact set of users active per bucket and event type, as a serialized Roaring bitmap of users.user_id; unions give exact unique users over any range.
+    rollup_user_sets (resolution, bucket, event_type_id) {
+        /// Bucket width in seconds: 60, 3600 or 86400.
+        resolution -> Int4,
+        /// Start of the bucket, aligned to the resolution in UTC.
+        bucket -> Timestamptz,
+        /// The event type, or 0 for events of any type.
+        event_type_id -> Int2,
+        /// RoaringTreemap (portable serialization) of users.user_id.
+        users -> Bytea,
+        /// Number of users in the set.
+        cardinality -> Int8,
+    }
+}
+
+diesel::table! {
     /// Users seen in events or registered by UpsertUsers. Rows are never deleted, so events keep their user.
     users (user_id) {
         /// Internal surrogate key (the entity's user_id): fact tables store this 8-byte integer, not the client's string.
@@ -80,5 +142,16 @@ diesel::joinable!(pageviews -> events (event_id));
 diesel::joinable!(pageviews -> users (user_id));
 diesel::joinable!(purchases -> events (event_id));
 diesel::joinable!(purchases -> users (user_id));
+diesel::joinable!(rollup_type_counts -> event_types (event_type_id));
 
-diesel::allow_tables_to_appear_in_same_query!(event_types, events, pageviews, purchases, users,);
+diesel::allow_tables_to_appear_in_same_query!(
+    event_types,
+    events,
+    pageviews,
+    purchases,
+    rollup_page_counts,
+    rollup_product_counts,
+    rollup_type_counts,
+    rollup_user_sets,
+    users,
+);

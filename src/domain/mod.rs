@@ -3,4 +3,5 @@
 //! (`grpc/convert.rs`), storage code takes only these.
 
 pub mod event;
+pub mod metric;
 pub mod user;

@@ -2,19 +2,139 @@
 
 use tonic::{Request, Response, Status};
 
+use super::convert;
 use super::proto::query_service_server::QueryService;
-use super::proto::{GetMetricsRequest, GetMetricsResponse};
+use super::proto::{self, GetMetricsRequest, GetMetricsResponse, Point, Series};
+use crate::db::{PgPool, connection, metrics};
+use crate::domain::metric::{Dimension, Filter, Granularity, Metric, MetricQuery};
+use crate::error::Error;
 
 /// Serves metric queries.
-#[derive(Clone, Default)]
-pub struct QueryApi {}
+#[derive(Clone)]
+pub struct QueryApi {
+    pool: PgPool,
+    /// Longest `filter.page_url` accepted (the ingest limit).
+    max_string_bytes: usize,
+}
+
+impl QueryApi {
+    pub fn new(pool: PgPool, max_string_bytes: usize) -> Self {
+        Self {
+            pool,
+            max_string_bytes,
+        }
+    }
+}
+
+impl TryFrom<i32> for Metric {
+    type Error = Error;
+
+    fn try_from(value: i32) -> Result<Self, Error> {
+        match proto::Metric::try_from(value) {
+            Ok(proto::Metric::Events) => Ok(Metric::Events),
+            Ok(proto::Metric::UniqueUsers) => Ok(Metric::UniqueUsers),
+            Ok(proto::Metric::Pageviews) => Ok(Metric::Pageviews),
+            Ok(proto::Metric::Purchases) => Ok(Metric::Purchases),
+            Ok(proto::Metric::Revenue) => Ok(Metric::Revenue),
+            Ok(proto::Metric::Quantity) => Ok(Metric::Quantity),
+            Ok(proto::Metric::Unspecified) => Err(Error::InvalidArgument(
+                "metric is required (METRIC_EVENTS, METRIC_UNIQUE_USERS, METRIC_PAGEVIEWS, METRIC_PURCHASES, METRIC_REVENUE or METRIC_QUANTITY)".into(),
+            )),
+            Err(_) => Err(Error::InvalidArgument(format!("metric {value} is not a known Metric"))),
+        }
+    }
+}
+
+fn granularity(value: i32) -> Result<Granularity, Error> {
+    match proto::Granularity::try_from(value) {
+        Ok(proto::Granularity::Minute) => Ok(Granularity::Minute),
+        Ok(proto::Granularity::Hour) => Ok(Granularity::Hour),
+        Ok(proto::Granularity::Day) => Ok(Granularity::Day),
+        Ok(proto::Granularity::Total) => Ok(Granularity::Total),
+        Ok(proto::Granularity::Unspecified) => Err(Error::InvalidArgument(
+            "granularity is required (GRANULARITY_MINUTE, GRANULARITY_HOUR, GRANULARITY_DAY or GRANULARITY_TOTAL)".into(),
+        )),
+        Err(_) => Err(Error::InvalidArgument(format!("granularity {value} is not a known Granularity"))),
+    }
+}
+
+fn dimension(value: i32) -> Result<Dimension, Error> {
+    match proto::Dimension::try_from(value) {
+        Ok(proto::Dimension::Unspecified) => Ok(Dimension::None),
+        Ok(proto::Dimension::EventType) => Ok(Dimension::EventType),
+        Ok(proto::Dimension::PageUrl) => Ok(Dimension::PageUrl),
+        Ok(proto::Dimension::ProductId) => Ok(Dimension::ProductId),
+        Err(_) => Err(Error::InvalidArgument(format!(
+            "group_by {value} is not a known Dimension"
+        ))),
+    }
+}
+
+/// Converts and validates a request at the edge.
+pub fn metric_query(
+    request: GetMetricsRequest,
+    max_string_bytes: usize,
+) -> Result<MetricQuery, Error> {
+    let metric = Metric::try_from(request.metric)?;
+    let time = |field: &str, ts: Option<prost_types::Timestamp>| {
+        let ts = ts.ok_or_else(|| Error::InvalidArgument(format!("{field} is required")))?;
+        convert::timestamp(&ts)
+            .ok_or_else(|| Error::InvalidArgument(format!("{field} is out of range")))
+    };
+    let start = time("start", request.start)?;
+    let end = time("end", request.end)?;
+    let filter = request.filter.unwrap_or_default();
+    let filter = Filter::new(
+        filter.event_types,
+        filter.page_url,
+        filter.product_id,
+        filter.user_id,
+        max_string_bytes,
+    )?;
+    MetricQuery::new(
+        metric,
+        start,
+        end,
+        granularity(request.granularity)?,
+        filter,
+        dimension(request.group_by)?,
+        request.limit,
+    )
+}
 
 #[tonic::async_trait]
 impl QueryService for QueryApi {
     async fn get_metrics(
         &self,
-        _request: Request<GetMetricsRequest>,
+        request: Request<GetMetricsRequest>,
     ) -> Result<Response<GetMetricsResponse>, Status> {
-        Err(super::not_built_yet("GetMetrics"))
+        let query = metric_query(request.into_inner(), self.max_string_bytes)?;
+        let mut conn = connection(&self.pool).await?;
+        let (series, approximate) = metrics::get_metrics(&mut conn, &query).await?;
+        drop(conn);
+        let starts: Vec<prost_types::Timestamp> = query
+            .bucket_starts()
+            .into_iter()
+            .map(convert::to_timestamp)
+            .collect();
+        let series = series
+            .into_iter()
+            .map(|s| Series {
+                group: s.group,
+                points: starts
+                    .iter()
+                    .zip(s.values)
+                    .map(|(start, value)| Point {
+                        bucket_start: Some(*start),
+                        value,
+                    })
+                    .collect(),
+                total: s.total,
+            })
+            .collect();
+        Ok(Response::new(GetMetricsResponse {
+            series,
+            approximate,
+        }))
     }
 }

@@ -24,7 +24,9 @@ pub fn click(id: Uuid, user: &str) -> Event {
 pub fn pageview(id: Uuid, user: &str, url: &str) -> Event {
     Event {
         event_type: "pageview".into(),
-        detail: Some(event::Detail::Pageview(Pageview { page_url: url.into() })),
+        detail: Some(event::Detail::Pageview(Pageview {
+            page_url: url.into(),
+        })),
         ..click(id, user)
     }
 }
@@ -42,11 +44,17 @@ pub fn purchase(id: Uuid, user: &str, product: &str, quantity: i32, amount: &str
 }
 
 pub fn message(events: Vec<Event>) -> IngestEventsRequest {
-    IngestEventsRequest { events, sent_at: None }
+    IngestEventsRequest {
+        events,
+        sent_at: None,
+    }
 }
 
 /// Sends `messages` as one stream and returns the response or status.
-pub async fn ingest(app: &TestApp, messages: Vec<IngestEventsRequest>) -> Result<IngestEventsResponse, tonic::Status> {
+pub async fn ingest(
+    app: &TestApp,
+    messages: Vec<IngestEventsRequest>,
+) -> Result<IngestEventsResponse, tonic::Status> {
     app.ingest()
         .ingest_events(tokio_stream::iter(messages))
         .await
@@ -76,27 +84,51 @@ async fn count(db: &TestDatabase, table: &str) -> i64 {
 async fn counts_and_error_indexes_span_the_whole_stream() {
     let app = TestApp::spawn().await;
     let id = ids(6);
-    let bad = Event { event_id: "not-a-uuid".into(), ..click(id[0], "u1") };
+    let bad = Event {
+        event_id: "not-a-uuid".into(),
+        ..click(id[0], "u1")
+    };
     let messages = vec![
-        message(vec![pageview(id[0], "u1", "/home"), click(id[1], "u2"), bad.clone()]),
-        message(vec![purchase(id[2], "u1", "sku-1", 2, "19.99"), pageview(id[0], "u1", "/home")]),
+        message(vec![
+            pageview(id[0], "u1", "/home"),
+            click(id[1], "u2"),
+            bad.clone(),
+        ]),
+        message(vec![
+            purchase(id[2], "u1", "sku-1", 2, "19.99"),
+            pageview(id[0], "u1", "/home"),
+        ]),
         message(vec![bad, click(id[3], ""), click(id[4], "u3")]),
     ];
     let response = ingest(&app, messages.clone()).await.expect("ok");
-    assert_eq!((response.accepted, response.duplicates, response.rejected), (5, 1, 2));
+    assert_eq!(
+        (response.accepted, response.duplicates, response.rejected),
+        (5, 1, 2)
+    );
     let indexes: Vec<u64> = response.errors.iter().map(|e| e.index).collect();
     assert_eq!(indexes, vec![2, 5]);
     assert_eq!(response.errors[0].event_id, "not-a-uuid");
-    assert!(response.errors[0].reason.contains("not a UUID"), "{}", response.errors[0].reason);
+    assert!(
+        response.errors[0].reason.contains("not a UUID"),
+        "{}",
+        response.errors[0].reason
+    );
 
     assert_eq!(count(&app.db, "events").await, 5);
     assert_eq!(count(&app.db, "pageviews").await, 1);
     assert_eq!(count(&app.db, "purchases").await, 1);
-    assert_eq!(count(&app.db, "users").await, 3, "u1, u2, u3; the anonymous click has none");
+    assert_eq!(
+        count(&app.db, "users").await,
+        3,
+        "u1, u2, u3; the anonymous click has none"
+    );
 
     // The same stream again: everything valid is a duplicate, nothing changes.
     let again = ingest(&app, messages).await.expect("ok");
-    assert_eq!((again.accepted, again.duplicates, again.rejected), (0, 6, 2));
+    assert_eq!(
+        (again.accepted, again.duplicates, again.rejected),
+        (0, 6, 2)
+    );
     assert_eq!(count(&app.db, "events").await, 5);
     assert_eq!(count(&app.db, "pageviews").await, 1);
     assert_eq!(count(&app.db, "purchases").await, 1);
@@ -106,16 +138,31 @@ async fn counts_and_error_indexes_span_the_whole_stream() {
 async fn stored_rows_are_exactly_what_was_sent() {
     let app = TestApp::spawn().await;
     let id = ids(3);
-    let at = prost_types::Timestamp { seconds: 1_767_225_600, nanos: 123_000_000 }; // 2026-01-01T00:00:00.123Z
+    let at = prost_types::Timestamp {
+        seconds: 1_767_225_600,
+        nanos: 123_000_000,
+    }; // 2026-01-01T00:00:00.123Z
     let mut data = prost_types::Struct::default();
     data.fields.insert(
         "browser".into(),
-        prost_types::Value { kind: Some(prost_types::value::Kind::StringValue("firefox".into())) },
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue("firefox".into())),
+        },
     );
     let events = vec![
-        Event { timestamp: Some(at), data: Some(data), ..pageview(id[0], "alice", "/pricing") },
-        Event { timestamp: Some(at), ..purchase(id[1], "alice", "sku-9", 3, "1234.5678") },
-        Event { timestamp: Some(at), ..click(id[2], "") },
+        Event {
+            timestamp: Some(at),
+            data: Some(data),
+            ..pageview(id[0], "alice", "/pricing")
+        },
+        Event {
+            timestamp: Some(at),
+            ..purchase(id[1], "alice", "sku-9", 3, "1234.5678")
+        },
+        Event {
+            timestamp: Some(at),
+            ..click(id[2], "")
+        },
     ];
     let response = ingest(&app, vec![message(events)]).await.expect("ok");
     assert_eq!(response.accepted, 3);
@@ -140,7 +187,10 @@ async fn stored_rows_are_exactly_what_was_sent() {
     assert_eq!(
         rows,
         vec![
-            format!("{}|2026-01-01 00:00:00.123|pageview|alice|{{\"browser\": \"firefox\"}}", id[0]),
+            format!(
+                "{}|2026-01-01 00:00:00.123|pageview|alice|{{\"browser\": \"firefox\"}}",
+                id[0]
+            ),
             format!("{}|2026-01-01 00:00:00.123|purchase|alice|-", id[1]),
             format!("{}|2026-01-01 00:00:00.123|click|-|-", id[2]),
         ]
@@ -155,14 +205,15 @@ async fn stored_rows_are_exactly_what_was_sent() {
     .map(|r| r.line)
     .collect();
     assert_eq!(purchase, vec![format!("{}|alice|sku-9|3|1234.5678", id[1])]);
-    let pageview: Vec<String> =
-        diesel::sql_query("SELECT concat_ws('|', event_id, user_id, page_url) AS line FROM pageview_details")
-            .load::<Row>(&mut conn)
-            .await
-            .expect("pageview")
-            .into_iter()
-            .map(|r| r.line)
-            .collect();
+    let pageview: Vec<String> = diesel::sql_query(
+        "SELECT concat_ws('|', event_id, user_id, page_url) AS line FROM pageview_details",
+    )
+    .load::<Row>(&mut conn)
+    .await
+    .expect("pageview")
+    .into_iter()
+    .map(|r| r.line)
+    .collect();
     assert_eq!(pageview, vec![format!("{}|alice|/pricing", id[0])]);
 }
 
@@ -171,14 +222,26 @@ async fn a_resent_id_with_another_timestamp_is_still_a_duplicate() {
     let app = TestApp::spawn().await;
     let id = Uuid::now_v7();
     let first = Event {
-        timestamp: Some(prost_types::Timestamp { seconds: 1_767_225_600, nanos: 0 }),
+        timestamp: Some(prost_types::Timestamp {
+            seconds: 1_767_225_600,
+            nanos: 0,
+        }),
         ..click(id, "u")
     };
     let second = Event {
-        timestamp: Some(prost_types::Timestamp { seconds: 1_767_312_000, nanos: 0 }),
+        timestamp: Some(prost_types::Timestamp {
+            seconds: 1_767_312_000,
+            nanos: 0,
+        }),
         ..click(id, "u")
     };
-    assert_eq!(ingest(&app, vec![message(vec![first])]).await.unwrap().accepted, 1);
+    assert_eq!(
+        ingest(&app, vec![message(vec![first])])
+            .await
+            .unwrap()
+            .accepted,
+        1
+    );
     let again = ingest(&app, vec![message(vec![second])]).await.unwrap();
     assert_eq!((again.accepted, again.duplicates), (0, 1));
     assert_eq!(count(&app.db, "events").await, 1);
@@ -193,7 +256,10 @@ async fn sent_at_corrects_client_clock_skew() {
     let client_now = chrono::Utc::now() + chrono::TimeDelta::hours(1);
     let ts = pulse::grpc::convert::to_timestamp(client_now);
     let request = IngestEventsRequest {
-        events: vec![Event { timestamp: Some(ts), ..click(id, "u") }],
+        events: vec![Event {
+            timestamp: Some(ts),
+            ..click(id, "u")
+        }],
         sent_at: Some(ts),
     };
     let before = chrono::Utc::now();
@@ -201,9 +267,15 @@ async fn sent_at_corrects_client_clock_skew() {
     let after = chrono::Utc::now();
     let mut conn = app.db.connect().await;
     use pulse::db::schema::events;
-    let stored: chrono::DateTime<chrono::Utc> =
-        events::table.select(events::timestamp).first(&mut conn).await.expect("row");
-    assert!(stored >= before && stored <= after, "stored {stored} not within [{before}, {after}]");
+    let stored: chrono::DateTime<chrono::Utc> = events::table
+        .select(events::timestamp)
+        .first(&mut conn)
+        .await
+        .expect("row");
+    assert!(
+        stored >= before && stored <= after,
+        "stored {stored} not within [{before}, {after}]"
+    );
 }
 
 /// One bad event, sent between two good ones; what the server must say.
@@ -219,48 +291,238 @@ fn bad_cases() -> Vec<Case> {
     let mut big = prost_types::Struct::default();
     big.fields.insert(
         "blob".into(),
-        prost_types::Value { kind: Some(prost_types::value::Kind::StringValue("x".repeat(10_000))) },
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue("x".repeat(10_000))),
+        },
     );
     let mut nan = prost_types::Struct::default();
-    nan.fields.insert("n".into(), prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(f64::NAN)) });
-    let mut deep = prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(1.0)) };
+    nan.fields.insert(
+        "n".into(),
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::NumberValue(f64::NAN)),
+        },
+    );
+    let mut deep = prost_types::Value {
+        kind: Some(prost_types::value::Kind::NumberValue(1.0)),
+    };
     for _ in 0..30 {
         let mut s = prost_types::Struct::default();
         s.fields.insert("a".into(), deep);
-        deep = prost_types::Value { kind: Some(prost_types::value::Kind::StructValue(s)) };
+        deep = prost_types::Value {
+            kind: Some(prost_types::value::Kind::StructValue(s)),
+        };
     }
-    let Some(prost_types::value::Kind::StructValue(deep)) = deep.kind else { unreachable!() };
+    let Some(prost_types::value::Kind::StructValue(deep)) = deep.kind else {
+        unreachable!()
+    };
     vec![
-        Case { name: "malformed uuid", event: Event { event_id: "1234".into(), ..click(id(), "u") }, reason: "not a UUID" },
-        Case { name: "empty event_id", event: Event { event_id: "".into(), ..click(id(), "u") }, reason: "event_id is empty" },
-        Case { name: "nil uuid", event: Event { event_id: Uuid::nil().to_string(), ..click(id(), "u") }, reason: "nil UUID" },
-        Case { name: "empty event_type", event: Event { event_type: "".into(), ..click(id(), "u") }, reason: "event_type is empty" },
-        Case { name: "uppercase event_type", event: Event { event_type: "Click".into(), ..click(id(), "u") }, reason: "lowercase" },
-        Case { name: "sql in event_type", event: Event { event_type: "x'; DROP TABLE events;--".into(), ..click(id(), "u") }, reason: "lowercase" },
-        Case { name: "overlong event_type", event: Event { event_type: "a".repeat(65), ..click(id(), "u") }, reason: "limit is 64" },
-        Case { name: "pageview without detail", event: Event { detail: None, ..pageview(id(), "u", "/") }, reason: "requires detail.pageview" },
-        Case { name: "pageview with empty url", event: pageview(id(), "u", ""), reason: "page_url is empty" },
-        Case { name: "click with a pageview", event: Event { event_type: "click".into(), ..pageview(id(), "u", "/") }, reason: "only `pageview` events may" },
-        Case { name: "pageview with a purchase", event: Event { event_type: "pageview".into(), ..purchase(id(), "u", "p", 1, "1") }, reason: "requires detail.pageview" },
-        Case { name: "purchase without detail", event: Event { detail: None, ..purchase(id(), "u", "p", 1, "1") }, reason: "requires detail.purchase" },
-        Case { name: "zero quantity", event: purchase(id(), "u", "p", 0, "1"), reason: "at least 1" },
-        Case { name: "negative quantity", event: purchase(id(), "u", "p", -3, "1"), reason: "at least 1" },
-        Case { name: "amount abc", event: purchase(id(), "u", "p", 1, "abc"), reason: "not a plain decimal" },
-        Case { name: "amount 1e3", event: purchase(id(), "u", "p", 1, "1e3"), reason: "not a plain decimal" },
-        Case { name: "amount NaN", event: purchase(id(), "u", "p", 1, "NaN"), reason: "not a plain decimal" },
-        Case { name: "amount negative", event: purchase(id(), "u", "p", 1, "-5.00"), reason: "negative" },
-        Case { name: "amount too many decimals", event: purchase(id(), "u", "p", 1, "1.23456"), reason: "more than 4 decimal places" },
-        Case { name: "amount empty", event: purchase(id(), "u", "p", 1, ""), reason: "is empty" },
-        Case { name: "purchase with empty product", event: purchase(id(), "u", "", 1, "1"), reason: "product_id is empty" },
-        Case { name: "data over the limit", event: Event { data: Some(big), ..click(id(), "u") }, reason: "the limit is 8192" },
-        Case { name: "data with NaN", event: Event { data: Some(nan), ..click(id(), "u") }, reason: "JSON cannot store" },
-        Case { name: "data nested too deep", event: Event { data: Some(deep), ..click(id(), "u") }, reason: "nested deeper" },
-        Case { name: "oversized user_id", event: click(id(), &"u".repeat(300)), reason: "user_id is 300 bytes" },
-        Case { name: "oversized page_url", event: pageview(id(), "u", &format!("/{}", "p".repeat(3000))), reason: "page_url is 3001 bytes" },
-        Case { name: "NUL in user_id", event: click(id(), "a\0b"), reason: "NUL" },
-        Case { name: "timestamp a week ahead", event: Event { timestamp: Some(week), ..click(id(), "u") }, reason: "more than a day in the future" },
-        Case { name: "timestamp out of range", event: Event { timestamp: Some(prost_types::Timestamp { seconds: i64::MAX, nanos: 0 }), ..click(id(), "u") }, reason: "out of range" },
-        Case { name: "timestamp before 1970", event: Event { timestamp: Some(prost_types::Timestamp { seconds: -86_400, nanos: 0 }), ..click(id(), "u") }, reason: "before 1970" },
+        Case {
+            name: "malformed uuid",
+            event: Event {
+                event_id: "1234".into(),
+                ..click(id(), "u")
+            },
+            reason: "not a UUID",
+        },
+        Case {
+            name: "empty event_id",
+            event: Event {
+                event_id: "".into(),
+                ..click(id(), "u")
+            },
+            reason: "event_id is empty",
+        },
+        Case {
+            name: "nil uuid",
+            event: Event {
+                event_id: Uuid::nil().to_string(),
+                ..click(id(), "u")
+            },
+            reason: "nil UUID",
+        },
+        Case {
+            name: "empty event_type",
+            event: Event {
+                event_type: "".into(),
+                ..click(id(), "u")
+            },
+            reason: "event_type is empty",
+        },
+        Case {
+            name: "uppercase event_type",
+            event: Event {
+                event_type: "Click".into(),
+                ..click(id(), "u")
+            },
+            reason: "lowercase",
+        },
+        Case {
+            name: "sql in event_type",
+            event: Event {
+                event_type: "x'; DROP TABLE events;--".into(),
+                ..click(id(), "u")
+            },
+            reason: "lowercase",
+        },
+        Case {
+            name: "overlong event_type",
+            event: Event {
+                event_type: "a".repeat(65),
+                ..click(id(), "u")
+            },
+            reason: "limit is 64",
+        },
+        Case {
+            name: "pageview without detail",
+            event: Event {
+                detail: None,
+                ..pageview(id(), "u", "/")
+            },
+            reason: "requires detail.pageview",
+        },
+        Case {
+            name: "pageview with empty url",
+            event: pageview(id(), "u", ""),
+            reason: "page_url is empty",
+        },
+        Case {
+            name: "click with a pageview",
+            event: Event {
+                event_type: "click".into(),
+                ..pageview(id(), "u", "/")
+            },
+            reason: "only `pageview` events may",
+        },
+        Case {
+            name: "pageview with a purchase",
+            event: Event {
+                event_type: "pageview".into(),
+                ..purchase(id(), "u", "p", 1, "1")
+            },
+            reason: "requires detail.pageview",
+        },
+        Case {
+            name: "purchase without detail",
+            event: Event {
+                detail: None,
+                ..purchase(id(), "u", "p", 1, "1")
+            },
+            reason: "requires detail.purchase",
+        },
+        Case {
+            name: "zero quantity",
+            event: purchase(id(), "u", "p", 0, "1"),
+            reason: "at least 1",
+        },
+        Case {
+            name: "negative quantity",
+            event: purchase(id(), "u", "p", -3, "1"),
+            reason: "at least 1",
+        },
+        Case {
+            name: "amount abc",
+            event: purchase(id(), "u", "p", 1, "abc"),
+            reason: "not a plain decimal",
+        },
+        Case {
+            name: "amount 1e3",
+            event: purchase(id(), "u", "p", 1, "1e3"),
+            reason: "not a plain decimal",
+        },
+        Case {
+            name: "amount NaN",
+            event: purchase(id(), "u", "p", 1, "NaN"),
+            reason: "not a plain decimal",
+        },
+        Case {
+            name: "amount negative",
+            event: purchase(id(), "u", "p", 1, "-5.00"),
+            reason: "negative",
+        },
+        Case {
+            name: "amount too many decimals",
+            event: purchase(id(), "u", "p", 1, "1.23456"),
+            reason: "more than 4 decimal places",
+        },
+        Case {
+            name: "amount empty",
+            event: purchase(id(), "u", "p", 1, ""),
+            reason: "is empty",
+        },
+        Case {
+            name: "purchase with empty product",
+            event: purchase(id(), "u", "", 1, "1"),
+            reason: "product_id is empty",
+        },
+        Case {
+            name: "data over the limit",
+            event: Event {
+                data: Some(big),
+                ..click(id(), "u")
+            },
+            reason: "the limit is 8192",
+        },
+        Case {
+            name: "data with NaN",
+            event: Event {
+                data: Some(nan),
+                ..click(id(), "u")
+            },
+            reason: "JSON cannot store",
+        },
+        Case {
+            name: "data nested too deep",
+            event: Event {
+                data: Some(deep),
+                ..click(id(), "u")
+            },
+            reason: "nested deeper",
+        },
+        Case {
+            name: "oversized user_id",
+            event: click(id(), &"u".repeat(300)),
+            reason: "user_id is 300 bytes",
+        },
+        Case {
+            name: "oversized page_url",
+            event: pageview(id(), "u", &format!("/{}", "p".repeat(3000))),
+            reason: "page_url is 3001 bytes",
+        },
+        Case {
+            name: "NUL in user_id",
+            event: click(id(), "a\0b"),
+            reason: "NUL",
+        },
+        Case {
+            name: "timestamp a week ahead",
+            event: Event {
+                timestamp: Some(week),
+                ..click(id(), "u")
+            },
+            reason: "more than a day in the future",
+        },
+        Case {
+            name: "timestamp out of range",
+            event: Event {
+                timestamp: Some(prost_types::Timestamp {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                }),
+                ..click(id(), "u")
+            },
+            reason: "out of range",
+        },
+        Case {
+            name: "timestamp before 1970",
+            event: Event {
+                timestamp: Some(prost_types::Timestamp {
+                    seconds: -86_400,
+                    nanos: 0,
+                }),
+                ..click(id(), "u")
+            },
+            reason: "before 1970",
+        },
     ]
 }
 
@@ -274,8 +536,14 @@ async fn every_bad_input_is_rejected_with_its_reason_and_the_rest_is_stored() {
         events.push(case.event.clone());
     }
     events.push(click(Uuid::now_v7(), "good"));
-    let response = ingest(&app, vec![message(events)]).await.expect("the stream succeeds");
-    assert_eq!(response.accepted as usize, cases.len() + 1, "every valid event is stored");
+    let response = ingest(&app, vec![message(events)])
+        .await
+        .expect("the stream succeeds");
+    assert_eq!(
+        response.accepted as usize,
+        cases.len() + 1,
+        "every valid event is stored"
+    );
     assert_eq!(response.rejected as usize, cases.len());
     assert_eq!(response.errors.len(), cases.len());
     for (i, case) in cases.iter().enumerate() {
@@ -300,21 +568,42 @@ async fn whole_stream_limits_answer_with_status_codes() {
     })
     .await;
     let too_many = message((0..6).map(|_| click(Uuid::now_v7(), "u")).collect());
-    let status = ingest(&app, vec![too_many]).await.expect_err("too many events");
+    let status = ingest(&app, vec![too_many])
+        .await
+        .expect_err("too many events");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("limit is 5"), "{}", status.message());
+    assert!(
+        status.message().contains("limit is 5"),
+        "{}",
+        status.message()
+    );
 
-    let huge = Event { user_id: "u".repeat(100 * 1024), ..click(Uuid::now_v7(), "u") };
-    let status = ingest(&app, vec![message(vec![huge])]).await.expect_err("too large");
+    let huge = Event {
+        user_id: "u".repeat(100 * 1024),
+        ..click(Uuid::now_v7(), "u")
+    };
+    let status = ingest(&app, vec![message(vec![huge])])
+        .await
+        .expect_err("too large");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
-    assert!(status.message().contains("PULSE_MAX_MESSAGE_BYTES"), "{}", status.message());
+    assert!(
+        status.message().contains("PULSE_MAX_MESSAGE_BYTES"),
+        "{}",
+        status.message()
+    );
 
     // Events of earlier messages of a failed stream are committed; a resend
     // reports them as duplicates.
     let first = message(vec![click(Uuid::now_v7(), "u")]);
-    let status = ingest(&app, vec![first.clone(), message((0..6).map(|_| click(Uuid::now_v7(), "u")).collect())])
-        .await
-        .expect_err("second message too big");
+    let status = ingest(
+        &app,
+        vec![
+            first.clone(),
+            message((0..6).map(|_| click(Uuid::now_v7(), "u")).collect()),
+        ],
+    )
+    .await
+    .expect_err("second message too big");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     let resend = ingest(&app, vec![first]).await.expect("ok");
     assert_eq!((resend.accepted, resend.duplicates), (0, 1));
@@ -323,7 +612,12 @@ async fn whole_stream_limits_answer_with_status_codes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reported_errors_are_capped_but_counts_stay_exact() {
     let app = TestApp::spawn_with(|s| s.limits.max_errors_reported = 3).await;
-    let events = (0..10).map(|_| Event { event_id: "bad".into(), ..click(Uuid::now_v7(), "u") }).collect();
+    let events = (0..10)
+        .map(|_| Event {
+            event_id: "bad".into(),
+            ..click(Uuid::now_v7(), "u")
+        })
+        .collect();
     let response = ingest(&app, vec![message(events)]).await.expect("ok");
     assert_eq!(response.rejected, 10);
     assert_eq!(response.errors.len(), 3);
@@ -333,14 +627,22 @@ async fn reported_errors_are_capped_but_counts_stay_exact() {
 async fn a_stream_dropped_midway_then_resent_stores_everything_once() {
     let app = TestApp::spawn().await;
     let batches: Vec<IngestEventsRequest> = (0..10)
-        .map(|_| message((0..50).map(|i| pageview(Uuid::now_v7(), &format!("u{i}"), "/p")).collect()))
+        .map(|_| {
+            message(
+                (0..50)
+                    .map(|i| pageview(Uuid::now_v7(), &format!("u{i}"), "/p"))
+                    .collect(),
+            )
+        })
         .collect();
 
     // Send five batches, then vanish without closing the stream.
     let (tx, rx) = tokio::sync::mpsc::channel::<IngestEventsRequest>(16);
     let mut client = app.ingest();
     let call = tokio::spawn(async move {
-        client.ingest_events(tokio_stream::wrappers::ReceiverStream::new(rx)).await
+        client
+            .ingest_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
     });
     for batch in &batches[..5] {
         tx.send(batch.clone()).await.expect("send");
@@ -375,7 +677,9 @@ async fn concurrent_streams_with_shared_users_and_ids_both_succeed() {
                 message(
                     chunk
                         .iter()
-                        .map(|id| purchase(*id, &format!("new-{}", id.as_u128() % 50), "sku", 1, "2.50"))
+                        .map(|id| {
+                            purchase(*id, &format!("new-{}", id.as_u128() % 50), "sku", 1, "2.50")
+                        })
                         .collect(),
                 )
             })
@@ -386,7 +690,11 @@ async fn concurrent_streams_with_shared_users_and_ids_both_succeed() {
     let (a, b) = tokio::join!(ingest(&app, forward), ingest(&app, backward));
     let (a, b) = (a.expect("stream a"), b.expect("stream b"));
     assert_eq!(a.accepted + b.accepted, 2000, "each event stored once");
-    assert_eq!(a.duplicates + b.duplicates, 2000, "and a duplicate for the other stream");
+    assert_eq!(
+        a.duplicates + b.duplicates,
+        2000,
+        "and a duplicate for the other stream"
+    );
     assert_eq!(count(&app.db, "events").await, 2000);
     assert_eq!(count(&app.db, "purchases").await, 2000);
     assert_eq!(count(&app.db, "users").await, 50);
@@ -395,11 +703,19 @@ async fn concurrent_streams_with_shared_users_and_ids_both_succeed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn upsert_users_creates_then_fills_in() {
     let app = TestApp::spawn().await;
-    ingest(&app, vec![message(vec![click(Uuid::now_v7(), "ada")])]).await.expect("ok");
-    let user = |id: &str, name: &str, email: &str| User { user_id: id.into(), username: name.into(), email: email.into() };
+    ingest(&app, vec![message(vec![click(Uuid::now_v7(), "ada")])])
+        .await
+        .expect("ok");
+    let user = |id: &str, name: &str, email: &str| User {
+        user_id: id.into(),
+        username: name.into(),
+        email: email.into(),
+    };
     let response = app
         .ingest()
-        .upsert_users(UpsertUsersRequest { users: vec![user("ada", "Ada", "ada@example.com"), user("bob", "", "")] })
+        .upsert_users(UpsertUsersRequest {
+            users: vec![user("ada", "Ada", "ada@example.com"), user("bob", "", "")],
+        })
         .await
         .expect("ok")
         .into_inner();
@@ -407,7 +723,9 @@ async fn upsert_users_creates_then_fills_in() {
     // Same values again: nothing changes. An empty field keeps the stored value.
     let response = app
         .ingest()
-        .upsert_users(UpsertUsersRequest { users: vec![user("ada", "", ""), user("ada", "Ada", "")] })
+        .upsert_users(UpsertUsersRequest {
+            users: vec![user("ada", "", ""), user("ada", "Ada", "")],
+        })
         .await
         .expect("ok")
         .into_inner();
@@ -424,31 +742,54 @@ async fn upsert_users_creates_then_fills_in() {
 
     let status = app
         .ingest()
-        .upsert_users(UpsertUsersRequest { users: vec![user("x", "", "nope")] })
+        .upsert_users(UpsertUsersRequest {
+            users: vec![user("x", "", "nope")],
+        })
         .await
         .expect_err("bad email");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("users[0]: email"), "{}", status.message());
+    assert!(
+        status.message().contains("users[0]: email"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grpcurl_streams_events_from_a_file_of_json_messages() {
     let app = TestApp::spawn().await;
     let lines = [
-        format!(r#"{{"events":[{{"event_id":"{}","event_type":"pageview","user_id":"cli","pageview":{{"page_url":"/docs"}},"data":{{"via":"grpcurl"}}}}]}}"#, Uuid::now_v7()),
-        format!(r#"{{"events":[{{"event_id":"{}","event_type":"purchase","user_id":"cli","purchase":{{"product_id":"sku-1","quantity":1,"amount":"9.90"}}}},{{"event_id":"{}","event_type":"click"}}]}}"#, Uuid::now_v7(), Uuid::now_v7()),
+        format!(
+            r#"{{"events":[{{"event_id":"{}","event_type":"pageview","user_id":"cli","pageview":{{"page_url":"/docs"}},"data":{{"via":"grpcurl"}}}}]}}"#,
+            Uuid::now_v7()
+        ),
+        format!(
+            r#"{{"events":[{{"event_id":"{}","event_type":"purchase","user_id":"cli","purchase":{{"product_id":"sku-1","quantity":1,"amount":"9.90"}}}},{{"event_id":"{}","event_type":"click"}}]}}"#,
+            Uuid::now_v7(),
+            Uuid::now_v7()
+        ),
     ];
     let dir = std::env::temp_dir().join(format!("pulse-grpcurl-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("events.jsonl");
     std::fs::write(&file, lines.join("\n")).unwrap();
     let output = std::process::Command::new(crate::helpers::grpcurl())
-        .args(["-plaintext", "-d", "@", &app.grpc_addr.to_string(), "pulse.v1.IngestService/IngestEvents"])
+        .args([
+            "-plaintext",
+            "-d",
+            "@",
+            &app.grpc_addr.to_string(),
+            "pulse.v1.IngestService/IngestEvents",
+        ])
         .stdin(std::fs::File::open(&file).unwrap())
         .output()
         .expect("grpcurl runs");
     std::fs::remove_dir_all(&dir).ok();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let response: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
     assert_eq!(response["accepted"], "3", "{response}");
     assert_eq!(count(&app.db, "events").await, 3);
@@ -458,7 +799,14 @@ async fn grpcurl_streams_events_from_a_file_of_json_messages() {
 async fn metrics_count_ingest_outcomes() {
     let app = TestApp::spawn().await;
     let id = Uuid::now_v7();
-    let events = vec![click(id, "u"), click(id, "u"), Event { event_type: "BAD".into(), ..click(Uuid::now_v7(), "u") }];
+    let events = vec![
+        click(id, "u"),
+        click(id, "u"),
+        Event {
+            event_type: "BAD".into(),
+            ..click(Uuid::now_v7(), "u")
+        },
+    ];
     ingest(&app, vec![message(events)]).await.expect("ok");
     let (_, body) = app.http_get("/metrics").await;
     for series in [
@@ -478,9 +826,13 @@ async fn shutdown_lets_an_open_stream_finish_and_refuses_new_calls() {
     let (tx, rx) = tokio::sync::mpsc::channel::<IngestEventsRequest>(4);
     let mut client = app.ingest();
     let call = tokio::spawn(async move {
-        client.ingest_events(tokio_stream::wrappers::ReceiverStream::new(rx)).await
+        client
+            .ingest_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
     });
-    tx.send(message(vec![click(Uuid::now_v7(), "u")])).await.expect("send");
+    tx.send(message(vec![click(Uuid::now_v7(), "u")]))
+        .await
+        .expect("send");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while count(&app.db, "events").await == 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -488,11 +840,22 @@ async fn shutdown_lets_an_open_stream_finish_and_refuses_new_calls() {
 
     app.begin_shutdown();
     // The open stream goes on and is answered in full.
-    tx.send(message(vec![click(Uuid::now_v7(), "u"), click(Uuid::now_v7(), "u")])).await.expect("send");
+    tx.send(message(vec![
+        click(Uuid::now_v7(), "u"),
+        click(Uuid::now_v7(), "u"),
+    ]))
+    .await
+    .expect("send");
     drop(tx);
-    let response = call.await.expect("joined").expect("the in-flight stream completes").into_inner();
+    let response = call
+        .await
+        .expect("joined")
+        .expect("the in-flight stream completes")
+        .into_inner();
     assert_eq!(response.accepted, 3);
-    app.wait_stopped().await.expect("the server returns cleanly");
+    app.wait_stopped()
+        .await
+        .expect("the server returns cleanly");
     assert_eq!(count(&app.db, "events").await, 3);
 
     // Nothing listens any more.

@@ -2,5 +2,6 @@
 //! template and a Pulse server on port 0, and talks to it over a real socket.
 
 mod foundation;
-mod ingest;
 mod helpers;
+mod ingest;
+mod metrics;

@@ -1,0 +1,486 @@
+//! GetMetrics reads. Each source of `domain::metric::Source` has one
+//! statement that reads rollup pieces, pending deltas and raw edges in a
+//! single snapshot and aggregates them into output buckets; the few
+//! answers that need two statements run them in one repeatable-read,
+//! read-only transaction.
+//!
+//! Every SQL text here is a constant; requests only choose among them and
+//! bind values.
+
+use bigdecimal::BigDecimal;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, Bool, Int4, Int8, Nullable, Numeric, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use roaring::RoaringTreemap;
+
+use crate::domain::metric::{
+    CountSeries, Dimension, Metric, MetricQuery, Plan, SeriesValues, Source, TypeSelection,
+    UserSeries, plan,
+};
+use crate::error::{Error, Result};
+
+/// Output rows of the count statements.
+#[derive(QueryableByName)]
+struct CountRow {
+    #[diesel(sql_type = Timestamptz)]
+    bucket: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    grp: String,
+    #[diesel(sql_type = Numeric)]
+    value: BigDecimal,
+}
+
+/// Output rows of the user-set statement: a stored set or one user.
+#[derive(QueryableByName)]
+struct UserRow {
+    #[diesel(sql_type = Timestamptz)]
+    t: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    grp: String,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Bytea>)]
+    users: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Int8>)]
+    user_id: Option<i64>,
+}
+
+/// The bind values every rollup statement shares.
+struct Ranges {
+    piece_res: Vec<i32>,
+    piece_from: Vec<DateTime<Utc>>,
+    piece_to: Vec<DateTime<Utc>>,
+    aligned_from: DateTime<Utc>,
+    aligned_to: DateTime<Utc>,
+    raw: [(DateTime<Utc>, DateTime<Utc>); 2],
+}
+
+impl Ranges {
+    fn new(q: &MetricQuery, plan: &Plan) -> Self {
+        let empty = (q.start, q.start);
+        let (aligned_from, aligned_to) = plan.aligned.unwrap_or(empty);
+        let raw = match plan.raw.as_slice() {
+            [] => [empty, empty],
+            [one] => [*one, empty],
+            [one, two, ..] => [*one, *two],
+        };
+        Self {
+            piece_res: plan.pieces.iter().map(|p| p.resolution).collect(),
+            piece_from: plan.pieces.iter().map(|p| p.from).collect(),
+            piece_to: plan.pieces.iter().map(|p| p.to).collect(),
+            aligned_from,
+            aligned_to,
+            raw,
+        }
+    }
+}
+
+/// `0` for TOTAL, else the bucket width in seconds.
+fn granularity_secs(q: &MetricQuery) -> i32 {
+    q.granularity.seconds().unwrap_or(0)
+}
+
+fn group_mode(q: &MetricQuery) -> i32 {
+    match q.group_by {
+        Dimension::None => 0,
+        Dimension::EventType => 1,
+        Dimension::PageUrl | Dimension::ProductId => 2,
+    }
+}
+
+fn type_names(selection: &TypeSelection) -> (bool, Vec<String>) {
+    match selection {
+        TypeSelection::All => (true, vec![]),
+        TypeSelection::Only(names) => (false, names.clone()),
+    }
+}
+
+/// The output bucket of `u.t` ($1 = width, 0 for TOTAL; $2 = start).
+macro_rules! bucket_expr {
+    () => {
+        "CASE WHEN $1 = 0 THEN $2 ELSE date_bin(make_interval(secs => $1), u.t, TIMESTAMPTZ '2000-01-01 00:00:00+00') END"
+    };
+}
+
+/// Rollup pieces are `$3..$5`, the minute-aligned delta range `$6..$7`, the
+/// raw edges `$8..$11`.
+const TYPES_SQL: &str = concat!(
+    "SELECT ", bucket_expr!(), " AS bucket,
+       CASE WHEN $12 = 1 THEN et.name ELSE '' END AS grp,
+       sum(u.v)::numeric AS value
+FROM (
+    SELECT r.bucket AS t, r.event_type_id, r.events AS v
+    FROM unnest($3::int4[], $4::timestamptz[], $5::timestamptz[]) AS p(res, f, t)
+    JOIN rollup_type_counts r ON r.resolution = p.res AND r.bucket >= p.f AND r.bucket < p.t
+    UNION ALL
+    SELECT d.minute, d.event_type_id, d.events FROM rollup_type_deltas d
+    WHERE d.minute >= $6 AND d.minute < $7
+    UNION ALL
+    SELECT e.\"timestamp\", e.event_type_id, 1 FROM events e
+    WHERE (e.\"timestamp\" >= $8 AND e.\"timestamp\" < $9) OR (e.\"timestamp\" >= $10 AND e.\"timestamp\" < $11)
+) u
+JOIN event_types et USING (event_type_id)
+WHERE $13 OR et.name = ANY($14)
+GROUP BY 1, 2"
+);
+
+const PAGES_SQL: &str = concat!(
+    "SELECT ", bucket_expr!(), " AS bucket,
+       CASE $12 WHEN 1 THEN 'pageview' WHEN 2 THEN u.page_url ELSE '' END AS grp,
+       sum(u.v)::numeric AS value
+FROM (
+    SELECT r.bucket AS t, r.page_url, r.pageviews AS v
+    FROM unnest($3::int4[], $4::timestamptz[], $5::timestamptz[]) AS p(res, f, t)
+    JOIN rollup_page_counts r ON r.resolution = p.res AND r.bucket >= p.f AND r.bucket < p.t
+    WHERE $13::text IS NULL OR r.page_url = $13
+    UNION ALL
+    SELECT d.minute, d.page_url, d.pageviews FROM rollup_page_deltas d
+    WHERE d.minute >= $6 AND d.minute < $7 AND ($13::text IS NULL OR d.page_url = $13)
+    UNION ALL
+    SELECT e.\"timestamp\", pv.page_url, 1 FROM events e JOIN pageviews pv USING (event_id)
+    WHERE ((e.\"timestamp\" >= $8 AND e.\"timestamp\" < $9) OR (e.\"timestamp\" >= $10 AND e.\"timestamp\" < $11))
+      AND ($13::text IS NULL OR pv.page_url = $13)
+) u
+GROUP BY 1, 2"
+);
+
+/// `$14` picks the value: 1 purchases, 2 quantity, 3 revenue.
+const PRODUCTS_SQL: &str = concat!(
+    "SELECT ", bucket_expr!(), " AS bucket,
+       CASE $12 WHEN 1 THEN 'purchase' WHEN 2 THEN u.product_id ELSE '' END AS grp,
+       sum(CASE $14 WHEN 1 THEN u.purchases WHEN 2 THEN u.quantity ELSE u.revenue END)::numeric AS value
+FROM (
+    SELECT r.bucket AS t, r.product_id, r.purchases::numeric, r.quantity::numeric, r.revenue
+    FROM unnest($3::int4[], $4::timestamptz[], $5::timestamptz[]) AS p(res, f, t)
+    JOIN rollup_product_counts r ON r.resolution = p.res AND r.bucket >= p.f AND r.bucket < p.t
+    WHERE $13::text IS NULL OR r.product_id = $13
+    UNION ALL
+    SELECT d.minute, d.product_id, d.purchases, d.quantity, d.revenue FROM rollup_product_deltas d
+    WHERE d.minute >= $6 AND d.minute < $7 AND ($13::text IS NULL OR d.product_id = $13)
+    UNION ALL
+    SELECT e.\"timestamp\", pu.product_id, 1, pu.quantity, pu.amount FROM events e JOIN purchases pu USING (event_id)
+    WHERE ((e.\"timestamp\" >= $8 AND e.\"timestamp\" < $9) OR (e.\"timestamp\" >= $10 AND e.\"timestamp\" < $11))
+      AND ($13::text IS NULL OR pu.product_id = $13)
+) u(t, product_id, purchases, quantity, revenue)
+GROUP BY 1, 2"
+);
+
+/// Stored sets (`users`) and single users (`user_id`) of the range. `$12`
+/// true: per-type sets (grouped by type, or a type filter); false: the
+/// any-type sets.
+const USERS_SQL: &str = "
+SELECT r.bucket AS t, CASE WHEN $1 THEN et.name ELSE '' END AS grp, r.users, NULL::int8 AS user_id
+FROM unnest($3::int4[], $4::timestamptz[], $5::timestamptz[]) AS p(res, f, t)
+JOIN rollup_user_sets r ON r.resolution = p.res AND r.bucket >= p.f AND r.bucket < p.t
+LEFT JOIN event_types et ON et.event_type_id = r.event_type_id
+WHERE CASE WHEN $12 THEN r.event_type_id <> 0 AND ($13 OR et.name = ANY($14)) ELSE r.event_type_id = 0 END
+UNION ALL
+SELECT u.t, CASE WHEN $1 THEN et.name ELSE '' END, NULL, u.user_id
+FROM (
+    SELECT d.minute AS t, d.event_type_id, d.user_id FROM rollup_user_deltas d
+    WHERE d.minute >= $6 AND d.minute < $7
+    UNION ALL
+    SELECT e.\"timestamp\", e.event_type_id, e.user_id FROM events e
+    WHERE ((e.\"timestamp\" >= $8 AND e.\"timestamp\" < $9) OR (e.\"timestamp\" >= $10 AND e.\"timestamp\" < $11))
+      AND e.user_id IS NOT NULL
+) u
+JOIN event_types et USING (event_type_id)
+WHERE $13 OR et.name = ANY($14)";
+
+/// Raw events, every filter, aggregated per output bucket and group.
+/// `$3` group (0 none, 1 type, 2 page, 3 product), `$4` metric (proto
+/// numbers), `$5..$6` the range, `$7..$8` types, `$9` page, `$10` product,
+/// `$11` the client's user id.
+const RAW_SQL: &str = concat!(
+    "SELECT ", bucket_expr!(), " AS bucket, u.grp,
+       CASE $4 WHEN 2 THEN count(DISTINCT u.user_id)::numeric
+               WHEN 3 THEN count(u.pageview)::numeric
+               WHEN 4 THEN count(u.purchase)::numeric
+               WHEN 5 THEN coalesce(sum(u.amount), 0)
+               WHEN 6 THEN coalesce(sum(u.quantity), 0)::numeric
+               ELSE count(*)::numeric END AS value
+FROM (
+    SELECT e.\"timestamp\" AS t, e.user_id, pv.event_id AS pageview, pu.event_id AS purchase, pu.amount, pu.quantity,
+           CASE $3 WHEN 1 THEN et.name WHEN 2 THEN pv.page_url WHEN 3 THEN pu.product_id ELSE '' END AS grp
+    FROM events e
+    JOIN event_types et USING (event_type_id)
+    LEFT JOIN pageviews pv ON pv.event_id = e.event_id
+    LEFT JOIN purchases pu ON pu.event_id = e.event_id
+    WHERE e.\"timestamp\" >= $5 AND e.\"timestamp\" < $6
+      AND ($7 OR et.name = ANY($8))
+      AND ($9::text IS NULL OR pv.page_url = $9)
+      AND ($10::text IS NULL OR pu.product_id = $10)
+      AND ($11::text IS NULL OR e.user_id = (SELECT x.user_id FROM users x WHERE x.external_id = $11))
+      AND ($3 <> 2 OR pv.page_url IS NOT NULL)
+      AND ($3 <> 3 OR pu.product_id IS NOT NULL)
+      AND ($4 <> 2 OR e.user_id IS NOT NULL)
+) u
+GROUP BY 1, 2"
+);
+
+/// Answers a validated query. Returns the series and whether any value is
+/// an estimate (never, today: unique users are exact bitmaps).
+pub async fn get_metrics(
+    conn: &mut AsyncPgConnection,
+    q: &MetricQuery,
+) -> Result<(Vec<SeriesValues>, bool)> {
+    let buckets = q.bucket_starts().len();
+    let grouped = q.group_by != Dimension::None;
+    let source = q.source();
+    let series = match &source {
+        Source::Empty => CountSeries::new(buckets).finish(grouped, q.limit),
+        Source::Types(types) => {
+            let rows = count_rows(conn, q, &source, Some(types)).await?;
+            collect_counts(q, buckets, rows)
+        }
+        Source::Pages | Source::Products => {
+            let rows = count_rows(conn, q, &source, None).await?;
+            collect_counts(q, buckets, rows)
+        }
+        Source::UserSets(types) => user_sets(conn, q, types, buckets).await?,
+        Source::Raw => raw(conn, q, buckets).await?,
+    };
+    Ok((series, false))
+}
+
+fn collect_counts(q: &MetricQuery, buckets: usize, rows: Vec<CountRow>) -> Vec<SeriesValues> {
+    let mut series = CountSeries::new(buckets);
+    for row in rows {
+        if let Some(i) = q.bucket_index(row.bucket) {
+            series.add(&row.grp, i, row.value);
+        }
+    }
+    series.finish(q.group_by != Dimension::None, q.limit)
+}
+
+/// The plan PostgreSQL runs for "events per minute by type" over
+/// `[from, to)`, with `EXPLAIN ANALYZE`: tests and benchmarks check that
+/// dashboard queries read rollups, not raw events.
+pub async fn explain_types_query(
+    conn: &mut AsyncPgConnection,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<String> {
+    #[derive(QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+    let q = MetricQuery::new(
+        Metric::Events,
+        from,
+        to,
+        crate::domain::metric::Granularity::Minute,
+        crate::domain::metric::Filter::default(),
+        Dimension::EventType,
+        0,
+    )?;
+    let sql = format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {TYPES_SQL}");
+    let lines: Vec<PlanLine> = count_query(
+        &sql,
+        &q,
+        &Ranges::new(&q, &plan(q.start, q.end, q.max_resolution())),
+    )
+    .bind::<Bool, _>(true)
+    .bind::<Array<Text>, _>(Vec::<String>::new())
+    .load(conn)
+    .await?;
+    Ok(lines
+        .into_iter()
+        .map(|l| l.line)
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// Binds `$1..$12`, shared by every count statement.
+fn count_query<'a>(
+    sql: &str,
+    q: &MetricQuery,
+    r: &Ranges,
+) -> diesel::query_builder::BoxedSqlQuery<'a, diesel::pg::Pg, diesel::query_builder::SqlQuery> {
+    diesel::sql_query(sql)
+        .into_boxed()
+        .bind::<Int4, _>(granularity_secs(q))
+        .bind::<Timestamptz, _>(q.start)
+        .bind::<Array<Int4>, _>(r.piece_res.clone())
+        .bind::<Array<Timestamptz>, _>(r.piece_from.clone())
+        .bind::<Array<Timestamptz>, _>(r.piece_to.clone())
+        .bind::<Timestamptz, _>(r.aligned_from)
+        .bind::<Timestamptz, _>(r.aligned_to)
+        .bind::<Timestamptz, _>(r.raw[0].0)
+        .bind::<Timestamptz, _>(r.raw[0].1)
+        .bind::<Timestamptz, _>(r.raw[1].0)
+        .bind::<Timestamptz, _>(r.raw[1].1)
+        .bind::<Int4, _>(group_mode(q))
+}
+
+async fn count_rows(
+    conn: &mut AsyncPgConnection,
+    q: &MetricQuery,
+    source: &Source,
+    types: Option<&TypeSelection>,
+) -> Result<Vec<CountRow>> {
+    let plan = plan(q.start, q.end, q.max_resolution());
+    let r = Ranges::new(q, &plan);
+    let rows = match source {
+        Source::Types(_) => {
+            let (all, names) = type_names(types.unwrap_or(&TypeSelection::All));
+            count_query(TYPES_SQL, q, &r)
+                .bind::<Bool, _>(all)
+                .bind::<Array<Text>, _>(names)
+                .load(conn)
+                .await?
+        }
+        Source::Pages => {
+            count_query(PAGES_SQL, q, &r)
+                .bind::<Nullable<Text>, _>(q.filter.page_url.as_deref())
+                .load(conn)
+                .await?
+        }
+        Source::Products => {
+            let value = match q.metric {
+                Metric::Quantity => 2,
+                Metric::Revenue => 3,
+                _ => 1,
+            };
+            count_query(PRODUCTS_SQL, q, &r)
+                .bind::<Nullable<Text>, _>(q.filter.product_id.as_deref())
+                .bind::<Int4, _>(value)
+                .load(conn)
+                .await?
+        }
+        _ => {
+            return Err(Error::Internal(format!(
+                "count_rows cannot read {source:?}"
+            )));
+        }
+    };
+    Ok(rows)
+}
+
+async fn user_sets(
+    conn: &mut AsyncPgConnection,
+    q: &MetricQuery,
+    types: &TypeSelection,
+    buckets: usize,
+) -> Result<Vec<SeriesValues>> {
+    let plan = plan(q.start, q.end, q.max_resolution());
+    let r = Ranges::new(q, &plan);
+    let by_type = q.group_by == Dimension::EventType;
+    let (all, names) = type_names(types);
+    let per_type_sets = by_type || !all;
+    let rows: Vec<UserRow> = diesel::sql_query(USERS_SQL)
+        .bind::<Bool, _>(by_type)
+        .bind::<Timestamptz, _>(q.start)
+        .bind::<Array<Int4>, _>(&r.piece_res)
+        .bind::<Array<Timestamptz>, _>(&r.piece_from)
+        .bind::<Array<Timestamptz>, _>(&r.piece_to)
+        .bind::<Timestamptz, _>(r.aligned_from)
+        .bind::<Timestamptz, _>(r.aligned_to)
+        .bind::<Timestamptz, _>(r.raw[0].0)
+        .bind::<Timestamptz, _>(r.raw[0].1)
+        .bind::<Timestamptz, _>(r.raw[1].0)
+        .bind::<Timestamptz, _>(r.raw[1].1)
+        .bind::<Bool, _>(per_type_sets)
+        .bind::<Bool, _>(all)
+        .bind::<Array<Text>, _>(names)
+        .load(conn)
+        .await?;
+    let mut series = UserSeries::new(buckets);
+    for row in rows {
+        let Some(i) = q.bucket_index(row.t) else {
+            continue;
+        };
+        match (row.users, row.user_id) {
+            (Some(blob), _) => {
+                let set = RoaringTreemap::deserialize_from(&blob[..])
+                    .map_err(|e| Error::Internal(format!("corrupt user set: {e}")))?;
+                series.add_set(&row.grp, i, &set);
+            }
+            (None, Some(user)) => series.add_user(&row.grp, i, user as u64),
+            (None, None) => {}
+        }
+    }
+    Ok(series.finish(by_type, q.limit))
+}
+
+async fn raw(
+    conn: &mut AsyncPgConnection,
+    q: &MetricQuery,
+    buckets: usize,
+) -> Result<Vec<SeriesValues>> {
+    let group = match q.group_by {
+        Dimension::None => 0,
+        Dimension::EventType => 1,
+        Dimension::PageUrl => 2,
+        Dimension::ProductId => 3,
+    };
+    let metric = match q.metric {
+        Metric::Events => 1,
+        Metric::UniqueUsers => 2,
+        Metric::Pageviews => 3,
+        Metric::Purchases => 4,
+        Metric::Revenue => 5,
+        Metric::Quantity => 6,
+    };
+    let all = q.filter.event_types.is_empty();
+    let grouped = q.group_by != Dimension::None;
+    let f = &q.filter;
+    let run = async |conn: &mut AsyncPgConnection, secs: i32| -> Result<Vec<CountRow>> {
+        Ok(diesel::sql_query(RAW_SQL)
+            .bind::<Int4, _>(secs)
+            .bind::<Timestamptz, _>(q.start)
+            .bind::<Int4, _>(group)
+            .bind::<Int4, _>(metric)
+            .bind::<Timestamptz, _>(q.start)
+            .bind::<Timestamptz, _>(q.end)
+            .bind::<Bool, _>(all)
+            .bind::<Array<Text>, _>(&f.event_types)
+            .bind::<Nullable<Text>, _>(f.page_url.as_deref())
+            .bind::<Nullable<Text>, _>(f.product_id.as_deref())
+            .bind::<Nullable<Text>, _>(f.user_id.as_deref())
+            .load(conn)
+            .await?)
+    };
+    if q.metric != Metric::UniqueUsers {
+        let rows = run(conn, granularity_secs(q)).await?;
+        return Ok(collect_counts(q, buckets, rows));
+    }
+    // Distinct users do not add up across buckets: the totals are a second
+    // read of the same snapshot.
+    let secs = granularity_secs(q);
+    let (points, totals) = conn
+        .build_transaction()
+        .read_only()
+        .repeatable_read()
+        .run::<_, Error, _>(async |conn| Ok((run(conn, secs).await?, run(conn, 0).await?)))
+        .await?;
+    // Rank by distinct totals, not by the sum of per-bucket counts.
+    let mut series = {
+        let mut all = CountSeries::new(buckets);
+        for row in points {
+            if let Some(i) = q.bucket_index(row.bucket) {
+                all.add(&row.grp, i, row.value);
+            }
+        }
+        all.finish(grouped, u32::MAX)
+    };
+    let mut total_of = std::collections::HashMap::new();
+    for row in totals {
+        total_of.insert(
+            row.grp,
+            bigdecimal::ToPrimitive::to_f64(&row.value).unwrap_or(0.0),
+        );
+    }
+    for s in &mut series {
+        s.total = total_of.get(&s.group).copied().unwrap_or(0.0);
+    }
+    if grouped {
+        series.sort_by(|a, b| {
+            b.total
+                .total_cmp(&a.total)
+                .then_with(|| a.group.cmp(&b.group))
+        });
+        series.truncate(q.limit as usize);
+    }
+    Ok(series)
+}

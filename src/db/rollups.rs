@@ -1,0 +1,226 @@
+//! Rollup upkeep: folding the deltas that ingest appends into the minute,
+//! hour and day rollup tables.
+//!
+//! One fold is one transaction: `DELETE … RETURNING` takes every committed
+//! delta row and the same statement adds it to the rollups. A query running
+//! at the same time sees either the deltas or the rollups that replaced
+//! them, never both or neither, because both live in one snapshot. Deltas
+//! committed after the fold's snapshot are left for the next fold, so
+//! nothing depends on commit order (no watermark).
+//!
+//! User sets are Roaring bitmaps, merged in Rust: the fold reads the
+//! affected sets `FOR UPDATE`, ORs the new users in and writes them back.
+//! A transaction-scoped advisory lock keeps folds from overlapping when
+//! several Pulse processes share the database.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Bool, Bytea, Int2, Int4, Int8, Timestamptz};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use roaring::RoaringTreemap;
+
+use crate::domain::metric::{RESOLUTIONS, floor_to};
+use crate::error::{Error, Result};
+
+/// The advisory lock key of the fold (any constant unique to Pulse).
+const FOLD_LOCK: i64 = 0x5075_6c73_6501;
+
+/// The event type id of user sets that cover every type.
+pub const ANY_TYPE: i16 = 0;
+
+/// What one fold moved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FoldOutcome {
+    /// Delta rows moved into rollups.
+    pub delta_rows: u64,
+    /// False when another process held the fold lock.
+    pub ran: bool,
+}
+
+#[derive(QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = Bool)]
+    locked: bool,
+}
+
+#[derive(QueryableByName)]
+struct Moved {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct UserDelta {
+    #[diesel(sql_type = Timestamptz)]
+    minute: DateTime<Utc>,
+    #[diesel(sql_type = Int2)]
+    event_type_id: i16,
+    #[diesel(sql_type = Int8)]
+    user_id: i64,
+}
+
+#[derive(QueryableByName)]
+struct StoredSet {
+    #[diesel(sql_type = Int4)]
+    resolution: i32,
+    #[diesel(sql_type = Timestamptz)]
+    bucket: DateTime<Utc>,
+    #[diesel(sql_type = Int2)]
+    event_type_id: i16,
+    #[diesel(sql_type = Bytea)]
+    users: Vec<u8>,
+}
+
+/// Adds each moved delta to its minute, hour and day rows.
+const FOLD_TYPES: &str = r#"
+WITH moved AS (DELETE FROM rollup_type_deltas RETURNING minute, event_type_id, events),
+agg AS (
+    SELECT r.res, date_bin(make_interval(secs => r.res), m.minute, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
+           m.event_type_id, sum(m.events)::bigint AS events
+    FROM moved m CROSS JOIN (VALUES (60), (3600), (86400)) AS r(res)
+    GROUP BY 1, 2, 3
+), up AS (
+    INSERT INTO rollup_type_counts AS t (resolution, bucket, event_type_id, events)
+    SELECT * FROM agg ORDER BY 1, 2, 3
+    ON CONFLICT (resolution, bucket, event_type_id) DO UPDATE SET events = t.events + EXCLUDED.events
+)
+SELECT count(*) AS n FROM moved
+"#;
+
+const FOLD_PAGES: &str = r#"
+WITH moved AS (DELETE FROM rollup_page_deltas RETURNING minute, page_url, pageviews),
+agg AS (
+    SELECT r.res, date_bin(make_interval(secs => r.res), m.minute, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
+           m.page_url, sum(m.pageviews)::bigint AS pageviews
+    FROM moved m CROSS JOIN (VALUES (60), (3600), (86400)) AS r(res)
+    GROUP BY 1, 2, 3
+), up AS (
+    INSERT INTO rollup_page_counts AS t (resolution, bucket, page_url, pageviews)
+    SELECT * FROM agg ORDER BY 1, 2, 3
+    ON CONFLICT (resolution, bucket, page_url) DO UPDATE SET pageviews = t.pageviews + EXCLUDED.pageviews
+)
+SELECT count(*) AS n FROM moved
+"#;
+
+const FOLD_PRODUCTS: &str = r#"
+WITH moved AS (DELETE FROM rollup_product_deltas RETURNING minute, product_id, purchases, quantity, revenue),
+agg AS (
+    SELECT r.res, date_bin(make_interval(secs => r.res), m.minute, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
+           m.product_id, sum(m.purchases)::bigint AS purchases, sum(m.quantity)::bigint AS quantity,
+           sum(m.revenue) AS revenue
+    FROM moved m CROSS JOIN (VALUES (60), (3600), (86400)) AS r(res)
+    GROUP BY 1, 2, 3
+), up AS (
+    INSERT INTO rollup_product_counts AS t (resolution, bucket, product_id, purchases, quantity, revenue)
+    SELECT * FROM agg ORDER BY 1, 2, 3
+    ON CONFLICT (resolution, bucket, product_id) DO UPDATE
+        SET purchases = t.purchases + EXCLUDED.purchases,
+            quantity = t.quantity + EXCLUDED.quantity,
+            revenue = t.revenue + EXCLUDED.revenue
+)
+SELECT count(*) AS n FROM moved
+"#;
+
+/// Folds every committed delta into the rollups, in one transaction.
+pub async fn fold(conn: &mut AsyncPgConnection) -> Result<FoldOutcome> {
+    conn.transaction::<_, Error, _>(async |conn| {
+        let lock: Locked = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS locked")
+            .bind::<BigInt, _>(FOLD_LOCK)
+            .get_result(conn)
+            .await?;
+        if !lock.locked {
+            return Ok(FoldOutcome::default());
+        }
+        let mut delta_rows = 0u64;
+        for sql in [FOLD_TYPES, FOLD_PAGES, FOLD_PRODUCTS] {
+            let moved: Moved = diesel::sql_query(sql).get_result(conn).await?;
+            delta_rows += moved.n as u64;
+        }
+        delta_rows += fold_user_sets(conn).await?;
+        Ok(FoldOutcome {
+            delta_rows,
+            ran: true,
+        })
+    })
+    .await
+}
+
+/// Moves user deltas into the bitmaps of their minute, hour and day, for
+/// their own type and for "any type".
+async fn fold_user_sets(conn: &mut AsyncPgConnection) -> Result<u64> {
+    let deltas: Vec<UserDelta> = diesel::sql_query(
+        "DELETE FROM rollup_user_deltas RETURNING minute, event_type_id, user_id",
+    )
+    .load(conn)
+    .await?;
+    if deltas.is_empty() {
+        return Ok(0);
+    }
+    let mut additions: BTreeMap<(i32, DateTime<Utc>, i16), RoaringTreemap> = BTreeMap::new();
+    for delta in &deltas {
+        let user = u64::try_from(delta.user_id)
+            .map_err(|_| Error::Internal(format!("negative user id {}", delta.user_id)))?;
+        for resolution in RESOLUTIONS {
+            let bucket = floor_to(delta.minute, resolution);
+            for event_type_id in [delta.event_type_id, ANY_TYPE] {
+                additions
+                    .entry((resolution, bucket, event_type_id))
+                    .or_default()
+                    .insert(user);
+            }
+        }
+    }
+
+    let resolutions: Vec<i32> = additions.keys().map(|k| k.0).collect();
+    let buckets: Vec<DateTime<Utc>> = additions.keys().map(|k| k.1).collect();
+    let types: Vec<i16> = additions.keys().map(|k| k.2).collect();
+    let stored: Vec<StoredSet> = diesel::sql_query(
+        "SELECT s.resolution, s.bucket, s.event_type_id, s.users
+         FROM rollup_user_sets s
+         JOIN unnest($1::int4[], $2::timestamptz[], $3::int2[]) AS k(resolution, bucket, event_type_id)
+           USING (resolution, bucket, event_type_id)
+         ORDER BY 1, 2, 3
+         FOR UPDATE OF s",
+    )
+    .bind::<Array<Int4>, _>(&resolutions)
+    .bind::<Array<Timestamptz>, _>(&buckets)
+    .bind::<Array<Int2>, _>(&types)
+    .load(conn)
+    .await?;
+    for set in stored {
+        let existing = RoaringTreemap::deserialize_from(&set.users[..])
+            .map_err(|e| Error::Internal(format!("corrupt user set: {e}")))?;
+        if let Entry::Occupied(mut entry) =
+            additions.entry((set.resolution, set.bucket, set.event_type_id))
+        {
+            *entry.get_mut() |= existing;
+        }
+    }
+
+    let mut blobs: Vec<Vec<u8>> = Vec::with_capacity(additions.len());
+    let mut cardinalities: Vec<i64> = Vec::with_capacity(additions.len());
+    for set in additions.values() {
+        let mut blob = Vec::with_capacity(set.serialized_size());
+        set.serialize_into(&mut blob)
+            .map_err(|e| Error::Internal(format!("serializing a user set: {e}")))?;
+        blobs.push(blob);
+        cardinalities.push(set.len() as i64);
+    }
+    diesel::sql_query(
+        "INSERT INTO rollup_user_sets (resolution, bucket, event_type_id, users, cardinality)
+         SELECT * FROM unnest($1::int4[], $2::timestamptz[], $3::int2[], $4::bytea[], $5::int8[])
+         ON CONFLICT (resolution, bucket, event_type_id) DO UPDATE
+            SET users = EXCLUDED.users, cardinality = EXCLUDED.cardinality",
+    )
+    .bind::<Array<Int4>, _>(&resolutions)
+    .bind::<Array<Timestamptz>, _>(&buckets)
+    .bind::<Array<Int2>, _>(&types)
+    .bind::<Array<Bytea>, _>(&blobs)
+    .bind::<Array<Int8>, _>(&cardinalities)
+    .execute(conn)
+    .await?;
+    Ok(deltas.len() as u64)
+}

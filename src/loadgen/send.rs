@@ -1,0 +1,447 @@
+//! Sending generated events over `IngestEvents` and measuring the result.
+//!
+//! The run is cut into *units* of `--messages-per-stream` × `--batch-size`
+//! consecutive events; each unit is one `IngestEvents` stream. `--concurrency`
+//! workers, each on its own connection, take units in index order. A unit's
+//! latency runs from its start to the server's response, which the server
+//! sends only once every accepted event is committed: with one message per
+//! stream it is the ack latency of a batch.
+//!
+//! With `--rate R` unit `u` is *scheduled* at `t0 + first_event(u) / R` and
+//! its latency counts from that instant, not from when a worker got round
+//! to it: when the server falls behind, the queueing shows up in the
+//! latency instead of silently lowering the offered load.
+//!
+//! A stream that fails with a transient status (UNAVAILABLE, UNKNOWN,
+//! DEADLINE_EXCEEDED, ABORTED, CANCELLED, INTERNAL) is resent whole, up to
+//! [`MAX_RETRIES`] times with exponential backoff; events committed before
+//! the failure come back as duplicates, which the report counts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::{Stream, StreamExt};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use super::LoadgenSettings;
+use super::generate::{Generator, TimePlan};
+use crate::error::{Error, Result};
+use crate::grpc::convert::to_timestamp;
+use crate::grpc::proto::ingest_service_client::IngestServiceClient;
+use crate::grpc::proto::{IngestEventsRequest, IngestEventsResponse};
+
+/// Resends of one failed stream before its events count as failed.
+pub const MAX_RETRIES: u32 = 5;
+/// Backoff before the first resend; it doubles for each further one.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Per-event errors and stream failures quoted in the report.
+const SAMPLES: usize = 5;
+
+/// How the run is cut into streams.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    events: u64,
+    batch: u64,
+    per_stream: u64,
+    units: u64,
+    rate: Option<f64>,
+    duration: Option<Duration>,
+}
+
+impl Plan {
+    fn range(&self, unit: u64) -> (u64, u64) {
+        let first = unit * self.per_stream;
+        (first, (first + self.per_stream).min(self.events))
+    }
+}
+
+/// What the workers share.
+struct Shared {
+    generator: Generator,
+    plan: Plan,
+    /// Events are stamped when sent (no explicit timestamps).
+    stamp_events: bool,
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+    next_unit: AtomicU64,
+    acknowledged: AtomicU64,
+}
+
+/// One worker's tally, merged at the end.
+#[derive(Debug, Default)]
+struct Tally {
+    sent: u64,
+    acknowledged: u64,
+    accepted: u64,
+    duplicates: u64,
+    rejected: u64,
+    failed: u64,
+    streams: u64,
+    retries: u64,
+    latencies_us: Vec<u64>,
+    rejections: Vec<String>,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.sent += other.sent;
+        self.acknowledged += other.acknowledged;
+        self.accepted += other.accepted;
+        self.duplicates += other.duplicates;
+        self.rejected += other.rejected;
+        self.failed += other.failed;
+        self.streams += other.streams;
+        self.retries += other.retries;
+        self.latencies_us.extend(other.latencies_us);
+        for (samples, more) in [
+            (&mut self.rejections, other.rejections),
+            (&mut self.failures, other.failures),
+        ] {
+            let room = SAMPLES.saturating_sub(samples.len());
+            samples.extend(more.into_iter().take(room));
+        }
+    }
+}
+
+fn normalize_addr(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+fn is_transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::Cancelled
+            | Code::Internal
+    )
+}
+
+impl Shared {
+    /// The message carrying events `first..end`.
+    fn message(&self, first: u64, end: u64) -> IngestEventsRequest {
+        IngestEventsRequest {
+            events: (first..end)
+                .map(|i| self.generator.event(i).to_proto())
+                .collect(),
+            sent_at: None,
+        }
+    }
+
+    /// The stream of messages of events `first..end`, starting with `head`
+    /// (already built); the others are built as the stream is sent. Each
+    /// message gets its `sent_at` (and, when stamping, its events' timestamps)
+    /// at the moment it is handed to the transport.
+    fn stream(
+        self: &Arc<Self>,
+        head: IngestEventsRequest,
+        first: u64,
+        end: u64,
+    ) -> impl Stream<Item = IngestEventsRequest> + Send + 'static {
+        let batch = self.plan.batch;
+        let builder = self.clone();
+        let stamp_events = self.stamp_events;
+        let rest = futures::stream::iter((first + batch..end).step_by(batch as usize))
+            .map(move |start| builder.message(start, (start + batch).min(end)));
+        futures::stream::once(async move { head })
+            .chain(rest)
+            .map(move |mut message| {
+                let now = to_timestamp(Utc::now());
+                if stamp_events {
+                    for event in &mut message.events {
+                        event.timestamp = Some(now);
+                    }
+                }
+                message.sent_at = Some(now);
+                message
+            })
+    }
+
+    /// Sends events `first..end` as one stream, resending it whole after a
+    /// transient failure. Returns the response and the number of resends.
+    async fn send_unit(
+        self: &Arc<Self>,
+        client: &mut IngestServiceClient<Channel>,
+        first: u64,
+        end: u64,
+        mut head: Option<IngestEventsRequest>,
+    ) -> (std::result::Result<IngestEventsResponse, Status>, u32) {
+        let mut retries = 0;
+        loop {
+            let message = head
+                .take()
+                .unwrap_or_else(|| self.message(first, (first + self.plan.batch).min(end)));
+            let mut request = Request::new(self.stream(message, first, end));
+            if let Some(value) = &self.authorization {
+                request
+                    .metadata_mut()
+                    .insert("authorization", value.clone());
+            }
+            match client.ingest_events(request).await {
+                Ok(response) => return (Ok(response.into_inner()), retries),
+                Err(status) if retries < MAX_RETRIES && is_transient(status.code()) => {
+                    retries += 1;
+                    tokio::time::sleep(FIRST_BACKOFF * 2u32.pow(retries - 1)).await;
+                }
+                Err(status) => return (Err(status), retries),
+            }
+        }
+    }
+}
+
+async fn worker(shared: Arc<Shared>, channel: Channel, t0: Instant) -> Tally {
+    let mut client = IngestServiceClient::new(channel);
+    let plan = shared.plan;
+    let deadline = plan.duration.map(|d| t0 + d);
+    let mut tally = Tally::default();
+    loop {
+        let unit = shared.next_unit.fetch_add(1, Ordering::Relaxed);
+        if unit >= plan.units {
+            break;
+        }
+        let (first, end) = plan.range(unit);
+        // Built before the clock starts: generating is the client's work.
+        let head = shared.message(first, (first + plan.batch).min(end));
+        let scheduled = plan
+            .rate
+            .map(|rate| t0 + Duration::from_secs_f64(first as f64 / rate));
+        if let Some(at) = scheduled {
+            if deadline.is_some_and(|d| at >= d) {
+                break;
+            }
+            tokio::time::sleep_until(at.into()).await;
+        } else if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let start = scheduled.unwrap_or_else(Instant::now);
+        let (outcome, retries) = shared.send_unit(&mut client, first, end, Some(head)).await;
+        let events = end - first;
+        tally.sent += events;
+        tally.streams += 1;
+        tally.retries += u64::from(retries);
+        match outcome {
+            Ok(response) => {
+                tally
+                    .latencies_us
+                    .push(start.elapsed().as_micros().try_into().unwrap_or(u64::MAX));
+                tally.acknowledged += events;
+                tally.accepted += response.accepted;
+                tally.duplicates += response.duplicates;
+                tally.rejected += response.rejected;
+                for error in response.errors {
+                    if tally.rejections.len() < SAMPLES {
+                        tally.rejections.push(format!(
+                            "event {} ({}): {}",
+                            first + error.index,
+                            error.event_id,
+                            error.reason
+                        ));
+                    }
+                }
+                shared.acknowledged.fetch_add(events, Ordering::Relaxed);
+            }
+            Err(status) => {
+                tally.failed += events;
+                if tally.failures.len() < SAMPLES {
+                    tally.failures.push(format!(
+                        "events {first}..{end} after {retries} resends: {:?}: {}",
+                        status.code(),
+                        status.message()
+                    ));
+                }
+            }
+        }
+    }
+    tally
+}
+
+/// Percentile `q` (0..=1) of sorted `values`, nearest rank, in ms.
+fn percentile_ms(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1] as f64 / 1000.0
+}
+
+/// Sends the run's events and prints the report.
+pub async fn run(settings: &LoadgenSettings, generator: Generator) -> Result<()> {
+    let addr = normalize_addr(&settings.grpc_addr);
+    let endpoint = Endpoint::from_shared(addr.clone())
+        .map_err(|e| Error::InvalidArgument(format!("--grpc-addr `{addr}`: {e}")))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5));
+    let authorization = match &settings.api_key {
+        None => None,
+        Some(key) => Some(
+            format!("Bearer {key}")
+                .parse()
+                .map_err(|_| Error::InvalidArgument("--api-key is not valid ASCII".into()))?,
+        ),
+    };
+    let mut channels = Vec::with_capacity(settings.concurrency);
+    for _ in 0..settings.concurrency {
+        channels.push(
+            endpoint
+                .connect()
+                .await
+                .map_err(|e| Error::Unavailable(format!("cannot connect to {addr}: {e}")))?,
+        );
+    }
+
+    let per_stream = settings
+        .batch_size
+        .saturating_mul(settings.messages_per_stream);
+    let plan = Plan {
+        events: settings.events,
+        batch: settings.batch_size,
+        per_stream,
+        units: settings.events.div_ceil(per_stream),
+        rate: (settings.rate > 0.0).then_some(settings.rate),
+        duration: settings.duration,
+    };
+    let shared = Arc::new(Shared {
+        stamp_events: matches!(generator.config().time, TimePlan::Now { .. }),
+        generator,
+        plan,
+        authorization,
+        next_unit: AtomicU64::new(0),
+        acknowledged: AtomicU64::new(0),
+    });
+    let pace = match plan.rate {
+        Some(rate) => format!("at {rate:.0} events/s"),
+        None => "flat out".to_owned(),
+    };
+    eprintln!(
+        "loadgen: {} events to {addr}, {} streams of {} × {} events, {} connections, {pace}",
+        plan.events, plan.units, settings.messages_per_stream, plan.batch, settings.concurrency
+    );
+
+    let t0 = Instant::now();
+    let progress = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut tick = tokio::time::interval_at(
+                (t0 + Duration::from_secs(5)).into(),
+                Duration::from_secs(5),
+            );
+            loop {
+                tick.tick().await;
+                let now = shared.acknowledged.load(Ordering::Relaxed);
+                eprintln!(
+                    "loadgen: {:>6.0} s  {now} events acknowledged  {:.0} events/s",
+                    t0.elapsed().as_secs_f64(),
+                    (now - last) as f64 / 5.0
+                );
+                last = now;
+            }
+        })
+    };
+    let workers: Vec<_> = channels
+        .into_iter()
+        .map(|channel| tokio::spawn(worker(shared.clone(), channel, t0)))
+        .collect();
+    let mut tally = Tally::default();
+    for handle in workers {
+        let part = handle
+            .await
+            .map_err(|e| Error::Internal(format!("a loadgen worker failed: {e}")))?;
+        tally.merge(part);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    progress.abort();
+
+    tally.latencies_us.sort_unstable();
+    let lat = &tally.latencies_us;
+    let (p50, p90, p99, max) = (
+        percentile_ms(lat, 0.50),
+        percentile_ms(lat, 0.90),
+        percentile_ms(lat, 0.99),
+        percentile_ms(lat, 1.0),
+    );
+    let per_second = if wall > 0.0 {
+        tally.acknowledged as f64 / wall
+    } else {
+        0.0
+    };
+    println!("events sent      {}", tally.sent);
+    println!("  accepted       {}", tally.accepted);
+    println!("  duplicates     {}", tally.duplicates);
+    println!("  rejected       {}", tally.rejected);
+    println!("  failed         {}", tally.failed);
+    println!(
+        "streams          {} ({} resends)",
+        tally.streams, tally.retries
+    );
+    println!("wall seconds     {wall:.3}");
+    println!("events/s         {per_second:.0}");
+    println!(
+        "ack latency ms   p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  max {max:.2}  ({} streams{})",
+        lat.len(),
+        if plan.rate.is_some() {
+            ", from scheduled start"
+        } else {
+            ""
+        }
+    );
+    for sample in &tally.rejections {
+        println!("rejected: {sample}");
+    }
+    for sample in &tally.failures {
+        println!("failed: {sample}");
+    }
+    println!(
+        "RESULT events_per_s={per_second:.0} p50_ms={p50:.2} p90_ms={p90:.2} p99_ms={p99:.2} max_ms={max:.2} \
+         sent={} accepted={} duplicates={} rejected={} failed={} wall_s={wall:.3}",
+        tally.sent, tally.accepted, tally.duplicates, tally.rejected, tally.failed
+    );
+    if tally.failed > 0 {
+        return Err(Error::Unavailable(format!(
+            "{} events were not acknowledged after {MAX_RETRIES} resends",
+            tally.failed
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let values: Vec<u64> = (1..=100).map(|v| v * 1000).collect();
+        assert_eq!(percentile_ms(&values, 0.5), 50.0);
+        assert_eq!(percentile_ms(&values, 0.99), 99.0);
+        assert_eq!(percentile_ms(&values, 1.0), 100.0);
+        assert_eq!(percentile_ms(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn units_cover_every_event_once() {
+        let plan = Plan {
+            events: 1_050,
+            batch: 100,
+            per_stream: 500,
+            units: 1_050u64.div_ceil(500),
+            rate: None,
+            duration: None,
+        };
+        assert_eq!(plan.units, 3);
+        assert_eq!(plan.range(0), (0, 500));
+        assert_eq!(plan.range(2), (1_000, 1_050));
+        assert_eq!(normalize_addr("127.0.0.1:1"), "http://127.0.0.1:1");
+        assert_eq!(normalize_addr("https://x:1"), "https://x:1");
+    }
+}
