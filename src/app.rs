@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 
 use crate::config::ServeSettings;
 use crate::db::ingest::IdCache;
+use crate::db::metrics::QueryCache;
 use crate::db::{self, PgPool};
 use crate::error::{Error, Result};
 use crate::grpc::ingest::{IngestApi, IngestState};
@@ -149,6 +150,8 @@ impl App {
             .add_service(
                 QueryServiceServer::new(QueryApi::new(
                     pool.clone(),
+                    Arc::new(QueryCache::new(settings.query_cache_bytes)),
+                    metrics.clone(),
                     settings.limits.max_string_bytes,
                 ))
                 .max_decoding_message_size(max_message),

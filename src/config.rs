@@ -145,6 +145,10 @@ pub struct ServeSettings {
     #[arg(long = "rollup-interval", env = "PULSE_ROLLUP_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     pub rollup_interval: Duration,
 
+    /// Memory for the GetMetrics cache, in bytes (0 turns it off).
+    #[arg(long = "query-cache-bytes", env = "PULSE_QUERY_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub query_cache_bytes: usize,
+
     #[command(flatten)]
     pub limits: IngestLimits,
 }
@@ -167,6 +171,7 @@ impl ServeSettings {
             health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             rollup_interval: Duration::from_millis(500),
+            query_cache_bytes: 32 * 1024 * 1024,
             limits: IngestLimits::default(),
         }
     }

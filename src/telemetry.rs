@@ -57,6 +57,7 @@ pub struct Metrics {
     pub rollup_fold_duration: Histogram,
     pub rollup_folded_rows: Counter,
     pub rollup_fold_failures: Counter,
+    pub query_cache: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -124,6 +125,12 @@ impl Metrics {
             "Folds that failed (retried next interval)",
             rollup_fold_failures.clone(),
         );
+        let query_cache = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "query_cache_lookups",
+            "GetMetrics answers by use of the query cache (hit, miss, bypass)",
+            query_cache.clone(),
+        );
         Arc::new(Self {
             registry,
             rpc_requests,
@@ -135,6 +142,7 @@ impl Metrics {
             rollup_fold_duration,
             rollup_folded_rows,
             rollup_fold_failures,
+            query_cache,
         })
     }
 
@@ -147,6 +155,15 @@ impl Metrics {
                 })
                 .inc_by(n);
         }
+    }
+
+    /// Counts one GetMetrics answer by its use of the cache.
+    pub fn count_query_cache(&self, outcome: &str) {
+        self.query_cache
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// The registry in the Prometheus text format.

@@ -6,6 +6,19 @@
 //!
 //! Every SQL text here is a constant; requests only choose among them and
 //! bind values.
+//!
+//! # The query cache
+//!
+//! Rollup tables change only in folds, and every fold bumps
+//! `rollup_state.fold_generation` in its transaction. Each statement returns
+//! the generation of its snapshot beside its rows, marked by `part`:
+//! 0 = rollup pieces, 1 = pending deltas and raw edges (always read live),
+//! 2 = the generation. [`QueryCache`] keeps the part-0 rows of an answer
+//! under (request shape, rollup pieces) for one generation; a later request
+//! of the same shape reads only part 1 and the generation, and reuses the
+//! cached part 0 when the generation is the same. Since both parts of an
+//! answer then come from the same generation, a cached answer is exactly
+//! what a fresh read would give: the cache can never be stale.
 
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, Utc};
@@ -29,6 +42,8 @@ struct CountRow {
     grp: String,
     #[diesel(sql_type = Numeric)]
     value: BigDecimal,
+    #[diesel(sql_type = Int4)]
+    part: i32,
 }
 
 /// Output rows of the user-set statement: a stored set or one user.
@@ -42,6 +57,8 @@ struct UserRow {
     users: Option<Vec<u8>>,
     #[diesel(sql_type = Nullable<Int8>)]
     user_id: Option<i64>,
+    #[diesel(sql_type = Int4)]
+    part: i32,
 }
 
 /// The bind values every rollup statement shares.
@@ -106,75 +123,81 @@ macro_rules! bucket_expr {
 const TYPES_SQL: &str = concat!(
     "SELECT ", bucket_expr!(), " AS bucket,
        CASE WHEN $12 = 1 THEN et.name ELSE '' END AS grp,
-       sum(u.v)::numeric AS value
+       sum(u.v)::numeric AS value, u.part
 FROM (
-    SELECT r.bucket AS t, r.event_type_id, r.events AS v
+    SELECT r.bucket AS t, r.event_type_id, r.events AS v, 0 AS part
     FROM unnest($3::int4[], $4::timestamptz[], $5::timestamptz[]) AS p(res, f, t)
-    JOIN rollup_type_counts r ON r.resolution = p.res AND r.bucket >= p.f AND r.bucket < p.t
+    JOIN rollup_type_counts r ON $15 AND r.resolution = p.res AND r.bucket >= p.f AND r.bucket < p.t
     UNION ALL
-    SELECT d.minute, d.event_type_id, d.events FROM rollup_type_deltas d
+    SELECT d.minute, d.event_type_id, d.events, 1 FROM rollup_type_deltas d
     WHERE d.minute >= $6 AND d.minute < $7
     UNION ALL
-    SELECT e.\"timestamp\", e.event_type_id, 1 FROM events e
+    SELECT e.\"timestamp\", e.event_type_id, 1, 1 FROM events e
     WHERE (e.\"timestamp\" >= $8 AND e.\"timestamp\" < $9) OR (e.\"timestamp\" >= $10 AND e.\"timestamp\" < $11)
 ) u
 JOIN event_types et USING (event_type_id)
 WHERE $13 OR et.name = ANY($14)
-GROUP BY 1, 2"
+GROUP BY 1, 2, 4
+UNION ALL
+SELECT $2, '', fold_generation::numeric, 2 FROM rollup_state"
 );
 
 const PAGES_SQL: &str = concat!(
     "SELECT ", bucket_expr!(), " AS bucket,
        CASE $12 WHEN 1 THEN 'pageview' WHEN 2 THEN u.page_url ELSE '' END AS grp,
-       sum(u.v)::numeric AS value
+       sum(u.v)::numeric AS value, u.part
 FROM (
-    SELECT r.bucket AS t, r.page_url, r.pageviews AS v
+    SELECT r.bucket AS t, r.page_url, r.pageviews AS v, 0 AS part
     FROM unnest($3::int4[], $4::timestamptz[], $5::timestamptz[]) AS p(res, f, t)
-    JOIN rollup_page_counts r ON r.resolution = p.res AND r.bucket >= p.f AND r.bucket < p.t
+    JOIN rollup_page_counts r ON $14 AND r.resolution = p.res AND r.bucket >= p.f AND r.bucket < p.t
     WHERE $13::text IS NULL OR r.page_url = $13
     UNION ALL
-    SELECT d.minute, d.page_url, d.pageviews FROM rollup_page_deltas d
+    SELECT d.minute, d.page_url, d.pageviews, 1 FROM rollup_page_deltas d
     WHERE d.minute >= $6 AND d.minute < $7 AND ($13::text IS NULL OR d.page_url = $13)
     UNION ALL
-    SELECT e.\"timestamp\", pv.page_url, 1 FROM events e JOIN pageviews pv USING (event_id)
+    SELECT e.\"timestamp\", pv.page_url, 1, 1 FROM events e JOIN pageviews pv USING (event_id)
     WHERE ((e.\"timestamp\" >= $8 AND e.\"timestamp\" < $9) OR (e.\"timestamp\" >= $10 AND e.\"timestamp\" < $11))
       AND ($13::text IS NULL OR pv.page_url = $13)
 ) u
-GROUP BY 1, 2"
+GROUP BY 1, 2, 4
+UNION ALL
+SELECT $2, '', fold_generation::numeric, 2 FROM rollup_state"
 );
 
 /// `$14` picks the value: 1 purchases, 2 quantity, 3 revenue.
 const PRODUCTS_SQL: &str = concat!(
     "SELECT ", bucket_expr!(), " AS bucket,
        CASE $12 WHEN 1 THEN 'purchase' WHEN 2 THEN u.product_id ELSE '' END AS grp,
-       sum(CASE $14 WHEN 1 THEN u.purchases WHEN 2 THEN u.quantity ELSE u.revenue END)::numeric AS value
+       sum(CASE $14 WHEN 1 THEN u.purchases WHEN 2 THEN u.quantity ELSE u.revenue END)::numeric AS value, u.part
 FROM (
-    SELECT r.bucket AS t, r.product_id, r.purchases::numeric, r.quantity::numeric, r.revenue
+    SELECT r.bucket AS t, r.product_id, r.purchases::numeric, r.quantity::numeric, r.revenue, 0 AS part
     FROM unnest($3::int4[], $4::timestamptz[], $5::timestamptz[]) AS p(res, f, t)
-    JOIN rollup_product_counts r ON r.resolution = p.res AND r.bucket >= p.f AND r.bucket < p.t
+    JOIN rollup_product_counts r ON $15 AND r.resolution = p.res AND r.bucket >= p.f AND r.bucket < p.t
     WHERE $13::text IS NULL OR r.product_id = $13
     UNION ALL
-    SELECT d.minute, d.product_id, d.purchases, d.quantity, d.revenue FROM rollup_product_deltas d
+    SELECT d.minute, d.product_id, d.purchases, d.quantity, d.revenue, 1 FROM rollup_product_deltas d
     WHERE d.minute >= $6 AND d.minute < $7 AND ($13::text IS NULL OR d.product_id = $13)
     UNION ALL
-    SELECT e.\"timestamp\", pu.product_id, 1, pu.quantity, pu.amount FROM events e JOIN purchases pu USING (event_id)
+    SELECT e.\"timestamp\", pu.product_id, 1, pu.quantity, pu.amount, 1 FROM events e JOIN purchases pu USING (event_id)
     WHERE ((e.\"timestamp\" >= $8 AND e.\"timestamp\" < $9) OR (e.\"timestamp\" >= $10 AND e.\"timestamp\" < $11))
       AND ($13::text IS NULL OR pu.product_id = $13)
-) u(t, product_id, purchases, quantity, revenue)
-GROUP BY 1, 2"
+) u(t, product_id, purchases, quantity, revenue, part)
+GROUP BY 1, 2, 4
+UNION ALL
+SELECT $2, '', fold_generation::numeric, 2 FROM rollup_state"
 );
 
 /// Stored sets (`users`) and single users (`user_id`) of the range. `$12`
 /// true: per-type sets (grouped by type, or a type filter); false: the
 /// any-type sets.
 const USERS_SQL: &str = "
-SELECT r.bucket AS t, CASE WHEN $1 THEN et.name ELSE '' END AS grp, r.users, NULL::int8 AS user_id
+SELECT r.bucket AS t, CASE WHEN $1 THEN et.name ELSE '' END AS grp, r.users, NULL::int8 AS user_id, 0 AS part
 FROM unnest($3::int4[], $4::timestamptz[], $5::timestamptz[]) AS p(res, f, t)
-JOIN rollup_user_sets r ON r.resolution = p.res AND r.bucket >= p.f AND r.bucket < p.t
+JOIN rollup_user_sets r ON $15 AND r.resolution = p.res AND r.bucket >= p.f AND r.bucket < p.t
 LEFT JOIN event_types et ON et.event_type_id = r.event_type_id
 WHERE CASE WHEN $12 THEN r.event_type_id <> 0 AND ($13 OR et.name = ANY($14)) ELSE r.event_type_id = 0 END
 UNION ALL
-SELECT u.t, CASE WHEN $1 THEN et.name ELSE '' END, NULL, u.user_id
+SELECT u.t, CASE WHEN $1 THEN et.name ELSE '' END, NULL, u.user_id, 1
 FROM (
     SELECT d.minute AS t, d.event_type_id, d.user_id FROM rollup_user_deltas d
     WHERE d.minute >= $6 AND d.minute < $7
@@ -184,7 +207,9 @@ FROM (
       AND e.user_id IS NOT NULL
 ) u
 JOIN event_types et USING (event_type_id)
-WHERE $13 OR et.name = ANY($14)";
+WHERE $13 OR et.name = ANY($14)
+UNION ALL
+SELECT $2, '', NULL, fold_generation, 2 FROM rollup_state";
 
 /// Raw events, every filter, aggregated per output bucket and group.
 /// `$3` group (0 none, 1 type, 2 page, 3 product), `$4` metric (proto
@@ -197,7 +222,8 @@ const RAW_SQL: &str = concat!(
                WHEN 4 THEN count(u.purchase)::numeric
                WHEN 5 THEN coalesce(sum(u.amount), 0)
                WHEN 6 THEN coalesce(sum(u.quantity), 0)::numeric
-               ELSE count(*)::numeric END AS value
+               ELSE count(*)::numeric END AS value,
+       1 AS part
 FROM (
     SELECT e.\"timestamp\" AS t, e.user_id, pv.event_id AS pageview, pu.event_id AS purchase, pu.amount, pu.quantity,
            CASE $3 WHEN 1 THEN et.name WHEN 2 THEN pv.page_url WHEN 3 THEN pu.product_id ELSE '' END AS grp
@@ -217,39 +243,118 @@ FROM (
 GROUP BY 1, 2"
 );
 
-/// Answers a validated query. Returns the series and whether any value is
-/// an estimate (never, today: unique users are exact bitmaps).
+/// How an answer used the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    /// The rollup part came from the cache.
+    Hit,
+    /// The rollup part was read (and cached).
+    Miss,
+    /// Not cacheable: raw events or nothing to read.
+    Bypass,
+}
+
+/// Answers a validated query. Returns the series, whether any value is an
+/// estimate (never, today: unique users are exact bitmaps), and how the
+/// cache was used.
 pub async fn get_metrics(
     conn: &mut AsyncPgConnection,
+    cache: &QueryCache,
     q: &MetricQuery,
-) -> Result<(Vec<SeriesValues>, bool)> {
+) -> Result<(Vec<SeriesValues>, bool, CacheUse)> {
     let buckets = q.bucket_starts().len();
     let grouped = q.group_by != Dimension::None;
     let source = q.source();
-    let series = match &source {
-        Source::Empty => CountSeries::new(buckets).finish(grouped, q.limit),
-        Source::Types(types) => {
-            let rows = count_rows(conn, q, &source, Some(types)).await?;
-            collect_counts(q, buckets, rows)
+    let (series, used) = match &source {
+        Source::Empty => (
+            CountSeries::new(buckets).finish(grouped, q.limit),
+            CacheUse::Bypass,
+        ),
+        Source::Types(_) | Source::Pages | Source::Products => {
+            counts(conn, cache, q, &source, buckets).await?
         }
-        Source::Pages | Source::Products => {
-            let rows = count_rows(conn, q, &source, None).await?;
-            collect_counts(q, buckets, rows)
-        }
-        Source::UserSets(types) => user_sets(conn, q, types, buckets).await?,
-        Source::Raw => raw(conn, q, buckets).await?,
+        Source::UserSets(types) => user_sets(conn, cache, q, types, buckets).await?,
+        Source::Raw => (raw(conn, q, buckets).await?, CacheUse::Bypass),
     };
-    Ok((series, false))
+    Ok((series, false, used))
+}
+
+/// The output bucket of a row; TOTAL rows all land in the one bucket (a
+/// cached row may carry the start of an earlier request of the same shape).
+fn index_of(q: &MetricQuery, t: DateTime<Utc>) -> Option<usize> {
+    if q.granularity.seconds().is_none() {
+        Some(0)
+    } else {
+        q.bucket_index(t)
+    }
 }
 
 fn collect_counts(q: &MetricQuery, buckets: usize, rows: Vec<CountRow>) -> Vec<SeriesValues> {
     let mut series = CountSeries::new(buckets);
     for row in rows {
-        if let Some(i) = q.bucket_index(row.bucket) {
+        if let Some(i) = index_of(q, row.bucket) {
             series.add(&row.grp, i, row.value);
         }
     }
     series.finish(q.group_by != Dimension::None, q.limit)
+}
+
+/// Splits statement output into (generation, rollup part, live part).
+fn split_counts(rows: Vec<CountRow>) -> Result<(i64, Vec<CountRow>, Vec<CountRow>)> {
+    let mut generation = None;
+    let (mut rollup, mut live) = (Vec::new(), Vec::new());
+    for row in rows {
+        match row.part {
+            0 => rollup.push(row),
+            1 => live.push(row),
+            _ => generation = bigdecimal::ToPrimitive::to_i64(&row.value),
+        }
+    }
+    let generation = generation.ok_or_else(|| Error::Internal("rollup_state has no row".into()))?;
+    Ok((generation, rollup, live))
+}
+
+async fn counts(
+    conn: &mut AsyncPgConnection,
+    cache: &QueryCache,
+    q: &MetricQuery,
+    source: &Source,
+    buckets: usize,
+) -> Result<(Vec<SeriesValues>, CacheUse)> {
+    let plan = plan(q.start, q.end, q.max_resolution());
+    let key = CacheKey::new(q, &plan);
+    if let Some((generation, entry)) = cache.get(&key)
+        && let Cached::Counts(cached) = &*entry
+    {
+        let (now, _, live) = split_counts(count_rows(conn, q, source, &plan, false).await?)?;
+        if now == generation {
+            let mut series = CountSeries::new(buckets);
+            for (t, grp, value) in cached.iter() {
+                if let Some(i) = index_of(q, *t) {
+                    series.add(grp, i, value.clone());
+                }
+            }
+            for row in live {
+                if let Some(i) = index_of(q, row.bucket) {
+                    series.add(&row.grp, i, row.value);
+                }
+            }
+            return Ok((
+                series.finish(q.group_by != Dimension::None, q.limit),
+                CacheUse::Hit,
+            ));
+        }
+    }
+    let (generation, rollup, live) = split_counts(count_rows(conn, q, source, &plan, true).await?)?;
+    let part: Vec<(DateTime<Utc>, String, BigDecimal)> = rollup
+        .iter()
+        .map(|r| (r.bucket, r.grp.clone(), r.value.clone()))
+        .collect();
+    let bytes = part.iter().map(|(_, g, _)| g.len() + 64).sum();
+    cache.put(key, generation, Cached::Counts(part), bytes);
+    let mut all = rollup;
+    all.extend(live);
+    Ok((collect_counts(q, buckets, all), CacheUse::Miss))
 }
 
 /// The plan PostgreSQL runs for "events per minute by type" over
@@ -282,6 +387,7 @@ pub async fn explain_types_query(
     )
     .bind::<Bool, _>(true)
     .bind::<Array<Text>, _>(Vec::<String>::new())
+    .bind::<Bool, _>(true)
     .load(conn)
     .await?;
     Ok(lines
@@ -317,22 +423,24 @@ async fn count_rows(
     conn: &mut AsyncPgConnection,
     q: &MetricQuery,
     source: &Source,
-    types: Option<&TypeSelection>,
+    plan: &Plan,
+    with_rollups: bool,
 ) -> Result<Vec<CountRow>> {
-    let plan = plan(q.start, q.end, q.max_resolution());
-    let r = Ranges::new(q, &plan);
+    let r = Ranges::new(q, plan);
     let rows = match source {
-        Source::Types(_) => {
-            let (all, names) = type_names(types.unwrap_or(&TypeSelection::All));
+        Source::Types(types) => {
+            let (all, names) = type_names(types);
             count_query(TYPES_SQL, q, &r)
                 .bind::<Bool, _>(all)
                 .bind::<Array<Text>, _>(names)
+                .bind::<Bool, _>(with_rollups)
                 .load(conn)
                 .await?
         }
         Source::Pages => {
             count_query(PAGES_SQL, q, &r)
-                .bind::<Nullable<Text>, _>(q.filter.page_url.as_deref())
+                .bind::<Nullable<Text>, _>(q.filter.page_url.clone())
+                .bind::<Bool, _>(with_rollups)
                 .load(conn)
                 .await?
         }
@@ -343,8 +451,9 @@ async fn count_rows(
                 _ => 1,
             };
             count_query(PRODUCTS_SQL, q, &r)
-                .bind::<Nullable<Text>, _>(q.filter.product_id.as_deref())
+                .bind::<Nullable<Text>, _>(q.filter.product_id.clone())
                 .bind::<Int4, _>(value)
+                .bind::<Bool, _>(with_rollups)
                 .load(conn)
                 .await?
         }
@@ -357,18 +466,18 @@ async fn count_rows(
     Ok(rows)
 }
 
-async fn user_sets(
+async fn user_rows(
     conn: &mut AsyncPgConnection,
     q: &MetricQuery,
     types: &TypeSelection,
-    buckets: usize,
-) -> Result<Vec<SeriesValues>> {
-    let plan = plan(q.start, q.end, q.max_resolution());
-    let r = Ranges::new(q, &plan);
+    plan: &Plan,
+    with_rollups: bool,
+) -> Result<Vec<UserRow>> {
+    let r = Ranges::new(q, plan);
     let by_type = q.group_by == Dimension::EventType;
     let (all, names) = type_names(types);
     let per_type_sets = by_type || !all;
-    let rows: Vec<UserRow> = diesel::sql_query(USERS_SQL)
+    Ok(diesel::sql_query(USERS_SQL)
         .bind::<Bool, _>(by_type)
         .bind::<Timestamptz, _>(q.start)
         .bind::<Array<Int4>, _>(&r.piece_res)
@@ -383,24 +492,160 @@ async fn user_sets(
         .bind::<Bool, _>(per_type_sets)
         .bind::<Bool, _>(all)
         .bind::<Array<Text>, _>(names)
+        .bind::<Bool, _>(with_rollups)
         .load(conn)
-        .await?;
-    let mut series = UserSeries::new(buckets);
+        .await?)
+}
+
+type UserPart = Vec<(DateTime<Utc>, String, RoaringTreemap)>;
+/// Single users of the live part: (time, group, user).
+type LiveUsers = Vec<(DateTime<Utc>, String, u64)>;
+
+/// Splits statement output into (generation, decoded stored sets, single users).
+fn split_users(rows: Vec<UserRow>) -> Result<(i64, UserPart, LiveUsers)> {
+    let mut generation = None;
+    let (mut sets, mut users) = (Vec::new(), Vec::new());
     for row in rows {
-        let Some(i) = q.bucket_index(row.t) else {
-            continue;
-        };
-        match (row.users, row.user_id) {
-            (Some(blob), _) => {
+        match (row.part, row.users, row.user_id) {
+            (0, Some(blob), _) => {
                 let set = RoaringTreemap::deserialize_from(&blob[..])
                     .map_err(|e| Error::Internal(format!("corrupt user set: {e}")))?;
-                series.add_set(&row.grp, i, &set);
+                sets.push((row.t, row.grp, set));
             }
-            (None, Some(user)) => series.add_user(&row.grp, i, user as u64),
-            (None, None) => {}
+            (1, _, Some(user)) => users.push((row.t, row.grp, user as u64)),
+            (2, _, Some(g)) => generation = Some(g),
+            _ => {}
         }
     }
-    Ok(series.finish(by_type, q.limit))
+    let generation = generation.ok_or_else(|| Error::Internal("rollup_state has no row".into()))?;
+    Ok((generation, sets, users))
+}
+
+async fn user_sets(
+    conn: &mut AsyncPgConnection,
+    cache: &QueryCache,
+    q: &MetricQuery,
+    types: &TypeSelection,
+    buckets: usize,
+) -> Result<(Vec<SeriesValues>, CacheUse)> {
+    let plan = plan(q.start, q.end, q.max_resolution());
+    let key = CacheKey::new(q, &plan);
+    let grouped = q.group_by == Dimension::EventType;
+    let assemble = |sets: &UserPart, users: LiveUsers| {
+        let mut series = UserSeries::new(buckets);
+        for (t, grp, set) in sets {
+            if let Some(i) = index_of(q, *t) {
+                series.add_set(grp, i, set);
+            }
+        }
+        for (t, grp, user) in users {
+            if let Some(i) = index_of(q, t) {
+                series.add_user(&grp, i, user);
+            }
+        }
+        series.finish(grouped, q.limit)
+    };
+    if let Some((generation, entry)) = cache.get(&key)
+        && let Cached::Users(cached) = &*entry
+    {
+        let (now, _, users) = split_users(user_rows(conn, q, types, &plan, false).await?)?;
+        if now == generation {
+            return Ok((assemble(cached, users), CacheUse::Hit));
+        }
+    }
+    let (generation, sets, users) = split_users(user_rows(conn, q, types, &plan, true).await?)?;
+    let series = assemble(&sets, users);
+    let bytes = sets
+        .iter()
+        .map(|(_, g, s)| g.len() + s.serialized_size() + 64)
+        .sum();
+    cache.put(key, generation, Cached::Users(sets), bytes);
+    Ok((series, CacheUse::Miss))
+}
+
+/// What the cache keeps: the rollup part of one answer.
+pub enum Cached {
+    Counts(Vec<(DateTime<Utc>, String, BigDecimal)>),
+    Users(UserPart),
+}
+
+/// The shape of a request that determines its rollup part: everything but
+/// the sub-minute edges and the limit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    metric: Metric,
+    granularity: crate::domain::metric::Granularity,
+    group_by: Dimension,
+    filter: crate::domain::metric::Filter,
+    pieces: Vec<(i32, i64, i64)>,
+}
+
+impl CacheKey {
+    fn new(q: &MetricQuery, plan: &Plan) -> Self {
+        Self {
+            metric: q.metric,
+            granularity: q.granularity,
+            group_by: q.group_by,
+            filter: q.filter.clone(),
+            pieces: plan
+                .pieces
+                .iter()
+                .map(|p| (p.resolution, p.from.timestamp(), p.to.timestamp()))
+                .collect(),
+        }
+    }
+}
+
+/// Rollup parts of recent answers, for one fold generation at a time,
+/// within a byte budget. Shared by every call of one process.
+pub struct QueryCache {
+    inner: std::sync::Mutex<CacheInner>,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    generation: i64,
+    bytes: usize,
+    entries: std::collections::HashMap<CacheKey, std::sync::Arc<Cached>>,
+}
+
+impl QueryCache {
+    /// A cache holding at most `max_bytes` (estimated); 0 disables it.
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            inner: std::sync::Mutex::default(),
+            max_bytes,
+        }
+    }
+
+    fn get(&self, key: &CacheKey) -> Option<(i64, std::sync::Arc<Cached>)> {
+        let inner = self.inner.lock().ok()?;
+        inner
+            .entries
+            .get(key)
+            .map(|c| (inner.generation, c.clone()))
+    }
+
+    fn put(&self, key: CacheKey, generation: i64, value: Cached, bytes: usize) {
+        if bytes > self.max_bytes / 4 {
+            return;
+        }
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        if generation < inner.generation {
+            return;
+        }
+        if generation > inner.generation || inner.bytes + bytes > self.max_bytes {
+            // A new generation makes every entry useless; a full cache starts over.
+            inner.entries.clear();
+            inner.bytes = 0;
+            inner.generation = generation;
+        }
+        inner.bytes += bytes;
+        inner.entries.insert(key, std::sync::Arc::new(value));
+    }
 }
 
 async fn raw(

@@ -140,6 +140,12 @@ pub async fn fold(conn: &mut AsyncPgConnection) -> Result<FoldOutcome> {
             delta_rows += moved.n as u64;
         }
         delta_rows += fold_user_sets(conn).await?;
+        if delta_rows > 0 {
+            // The query cache keys on this: see db/metrics.rs.
+            diesel::sql_query("UPDATE rollup_state SET fold_generation = fold_generation + 1")
+                .execute(conn)
+                .await?;
+        }
         Ok(FoldOutcome {
             delta_rows,
             ran: true,

@@ -91,6 +91,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// One row: the state of the rollup tables as a whole.
+    rollup_state (singleton) {
+        /// Always true: the table holds one row.
+        singleton -> Bool,
+        /// Incremented by every fold that changed a rollup table; the query cache keys on it.
+        fold_generation -> Int8,
+    }
+}
+
+diesel::table! {
     /// Events per bucket and event type (rollup of events).
     rollup_type_counts (resolution, bucket, event_type_id) {
         /// Bucket width in seconds: 60, 3600 or 86400.
@@ -151,6 +161,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     purchases,
     rollup_page_counts,
     rollup_product_counts,
+    rollup_state,
     rollup_type_counts,
     rollup_user_sets,
     users,

@@ -5,22 +5,36 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::proto::query_service_server::QueryService;
 use super::proto::{self, GetMetricsRequest, GetMetricsResponse, Point, Series};
+use std::sync::Arc;
+
+use crate::db::metrics::{CacheUse, QueryCache};
 use crate::db::{PgPool, connection, metrics};
 use crate::domain::metric::{Dimension, Filter, Granularity, Metric, MetricQuery};
 use crate::error::Error;
+use crate::telemetry::Metrics;
 
 /// Serves metric queries.
 #[derive(Clone)]
 pub struct QueryApi {
     pool: PgPool,
+    /// Rollup parts of recent answers (never stale: see `db/metrics.rs`).
+    cache: Arc<QueryCache>,
+    metrics: Arc<Metrics>,
     /// Longest `filter.page_url` accepted (the ingest limit).
     max_string_bytes: usize,
 }
 
 impl QueryApi {
-    pub fn new(pool: PgPool, max_string_bytes: usize) -> Self {
+    pub fn new(
+        pool: PgPool,
+        cache: Arc<QueryCache>,
+        metrics: Arc<Metrics>,
+        max_string_bytes: usize,
+    ) -> Self {
         Self {
             pool,
+            cache,
+            metrics,
             max_string_bytes,
         }
     }
@@ -110,8 +124,14 @@ impl QueryService for QueryApi {
     ) -> Result<Response<GetMetricsResponse>, Status> {
         let query = metric_query(request.into_inner(), self.max_string_bytes)?;
         let mut conn = connection(&self.pool).await?;
-        let (series, approximate) = metrics::get_metrics(&mut conn, &query).await?;
+        let (series, approximate, cache_use) =
+            metrics::get_metrics(&mut conn, &self.cache, &query).await?;
         drop(conn);
+        self.metrics.count_query_cache(match cache_use {
+            CacheUse::Hit => "hit",
+            CacheUse::Miss => "miss",
+            CacheUse::Bypass => "bypass",
+        });
         let starts: Vec<prost_types::Timestamp> = query
             .bucket_starts()
             .into_iter()

@@ -866,6 +866,9 @@ async fn property_rollups_match_brute_force_over_random_events_and_requests() {
             limit,
         );
         let got = shape(&get(&app, req.clone()).await);
+        // The same request again is answered from the cache: same answer.
+        let again = shape(&get(&app, req.clone()).await);
+        assert_eq!(got, again, "cached answer differs for {req:?}");
         let want = brute_force(&events, &req);
         if !close(&got, &want) {
             let brief = |s: &[(String, Vec<f64>, f64)]| -> Vec<String> {
@@ -1003,4 +1006,66 @@ async fn dashboard_queries_read_rollups_not_raw_events() {
             "raw scan ran: {line}\n{plan}"
         );
     }
+}
+
+async fn cache_count(app: &TestApp, outcome: &str) -> u64 {
+    let (_, body) = app.http_get("/metrics").await;
+    let needle = format!("pulse_query_cache_lookups_total{{outcome=\"{outcome}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .map_or(0, |v| v.trim().parse().expect("a counter"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_query_cache_is_never_stale() {
+    let app =
+        TestApp::spawn_with(|s| s.rollup_interval = std::time::Duration::from_secs(3600)).await;
+    seed_fixed(&app).await;
+    fold(&app).await;
+    let day = request(
+        Metric::Events,
+        at(5, 0, 0, 0),
+        at(6, 0, 0, 0),
+        Granularity::Hour,
+        None,
+        Dimension::EventType,
+        0,
+    );
+    let total = |r: &GetMetricsResponse| r.series.iter().map(|s| s.total).sum::<f64>();
+
+    assert_eq!(total(&get(&app, day.clone()).await), 8.0);
+    assert_eq!(
+        (
+            cache_count(&app, "miss").await,
+            cache_count(&app, "hit").await
+        ),
+        (1, 0)
+    );
+    assert_eq!(total(&get(&app, day.clone()).await), 8.0);
+    assert_eq!(
+        cache_count(&app, "hit").await,
+        1,
+        "the second answer reuses the rollup part"
+    );
+
+    // A new event, not folded yet: the cached rollup part is still valid and
+    // the live part carries the event.
+    ingest(
+        &app,
+        vec![message(vec![stamped(
+            click(Uuid::now_v7(), "zed"),
+            at(5, 12, 0, 0),
+        )])],
+    )
+    .await
+    .unwrap();
+    assert_eq!(total(&get(&app, day.clone()).await), 9.0);
+    assert_eq!(cache_count(&app, "hit").await, 2);
+
+    // After a fold the generation changes: the cache is bypassed, the answer stays exact.
+    fold(&app).await;
+    assert_eq!(total(&get(&app, day.clone()).await), 9.0);
+    assert_eq!(cache_count(&app, "miss").await, 2);
+    assert_eq!(total(&get(&app, day.clone()).await), 9.0);
+    assert_eq!(cache_count(&app, "hit").await, 3);
 }
