@@ -28,9 +28,23 @@ pub enum Command {
         #[command(subcommand)]
         action: MigrateAction,
     },
+    /// Rollup maintenance.
+    Rollups {
+        #[command(subcommand)]
+        action: RollupsAction,
+    },
     /// Send generated events to IngestEvents and report throughput and ack
     /// latency, or write the same events as CSV for `psql \copy`.
     Loadgen(Box<loadgen::LoadgenSettings>),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum RollupsAction {
+    /// Recompute every rollup from the raw events (blocks ingest while it runs).
+    Rebuild {
+        #[command(flatten)]
+        database: DatabaseSettings,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]

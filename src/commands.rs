@@ -1,7 +1,7 @@
 //! The subcommands, each a plain async function over its settings.
 
 use crate::app::{App, shutdown_signal};
-use crate::cli::MigrateAction;
+use crate::cli::{MigrateAction, RollupsAction};
 use crate::config::ServeSettings;
 use crate::db;
 use crate::error::Result;
@@ -39,6 +39,30 @@ pub async fn migrate(action: MigrateAction) -> Result<()> {
                 };
                 println!("{state:8} {}", migration.version);
             }
+        }
+    }
+    Ok(())
+}
+
+/// `pulse rollups rebuild`.
+pub async fn rollups(action: RollupsAction) -> Result<()> {
+    match action {
+        RollupsAction::Rebuild { database } => {
+            use diesel_async::AsyncConnection;
+            let mut conn = diesel_async::AsyncPgConnection::establish(&database.url)
+                .await
+                .map_err(|e| {
+                    crate::error::Error::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
+                })?;
+            let started = std::time::Instant::now();
+            let mut report = |day: chrono::DateTime<chrono::Utc>, rows: u64| {
+                println!("{}  {rows} delta rows folded", day.format("%Y-%m-%d"));
+            };
+            let total = db::rollups::rebuild(&mut conn, &mut report).await?;
+            println!(
+                "rebuilt rollups: {total} delta rows in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     Ok(())

@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(settings) => commands::serve(*settings).await,
         Command::Migrate { action } => commands::migrate(action).await,
+        Command::Rollups { action } => commands::rollups(action).await,
         Command::Loadgen(settings) => loadgen::run(*settings).await,
     };
     match result {

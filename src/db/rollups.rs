@@ -134,22 +134,107 @@ pub async fn fold(conn: &mut AsyncPgConnection) -> Result<FoldOutcome> {
         if !lock.locked {
             return Ok(FoldOutcome::default());
         }
-        let mut delta_rows = 0u64;
-        for sql in [FOLD_TYPES, FOLD_PAGES, FOLD_PRODUCTS] {
-            let moved: Moved = diesel::sql_query(sql).get_result(conn).await?;
-            delta_rows += moved.n as u64;
-        }
-        delta_rows += fold_user_sets(conn).await?;
-        if delta_rows > 0 {
-            // The query cache keys on this: see db/metrics.rs.
-            diesel::sql_query("UPDATE rollup_state SET fold_generation = fold_generation + 1")
-                .execute(conn)
-                .await?;
-        }
+        let delta_rows = fold_pending(conn).await?;
         Ok(FoldOutcome {
             delta_rows,
             ran: true,
         })
+    })
+    .await
+}
+
+/// The body of a fold, inside the caller's transaction.
+async fn fold_pending(conn: &mut AsyncPgConnection) -> Result<u64> {
+    let mut delta_rows = 0u64;
+    for sql in [FOLD_TYPES, FOLD_PAGES, FOLD_PRODUCTS] {
+        let moved: Moved = diesel::sql_query(sql).get_result(conn).await?;
+        delta_rows += moved.n as u64;
+    }
+    delta_rows += fold_user_sets(conn).await?;
+    if delta_rows > 0 {
+        // The query cache keys on this: see db/metrics.rs.
+        diesel::sql_query("UPDATE rollup_state SET fold_generation = fold_generation + 1")
+            .execute(conn)
+            .await?;
+    }
+    Ok(delta_rows)
+}
+
+/// Seeds the deltas of every event in `[$1, $2)` from the raw tables.
+const SEED_DELTAS: [&str; 4] = [
+    r#"INSERT INTO rollup_type_deltas (minute, event_type_id, events)
+       SELECT date_trunc('minute', "timestamp", 'UTC'), event_type_id, count(*) FROM events
+       WHERE "timestamp" >= $1 AND "timestamp" < $2 GROUP BY 1, 2"#,
+    r#"INSERT INTO rollup_page_deltas (minute, page_url, pageviews)
+       SELECT date_trunc('minute', e."timestamp", 'UTC'), p.page_url, count(*)
+       FROM pageviews p JOIN events e USING (event_id)
+       WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1, 2"#,
+    r#"INSERT INTO rollup_product_deltas (minute, product_id, purchases, quantity, revenue)
+       SELECT date_trunc('minute', e."timestamp", 'UTC'), p.product_id, count(*), sum(p.quantity), sum(p.amount)
+       FROM purchases p JOIN events e USING (event_id)
+       WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1, 2"#,
+    r#"INSERT INTO rollup_user_deltas (minute, event_type_id, user_id)
+       SELECT DISTINCT date_trunc('minute', "timestamp", 'UTC'), event_type_id, user_id FROM events
+       WHERE "timestamp" >= $1 AND "timestamp" < $2 AND user_id IS NOT NULL"#,
+];
+
+#[derive(QueryableByName)]
+struct Span {
+    #[diesel(sql_type = diesel::sql_types::Nullable<Timestamptz>)]
+    first: Option<DateTime<Utc>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Timestamptz>)]
+    last: Option<DateTime<Utc>>,
+}
+
+/// Rebuilds every rollup from the raw events, one day at a time, in one
+/// transaction that holds a SHARE lock on `events`: ingest waits until it
+/// commits (so no event is counted twice or missed), queries go on and see
+/// the old rollups until then. `progress` is called after each day.
+///
+/// For operators after a manual fix of raw rows, and for data loaded around
+/// Pulse (e.g. `psql \copy` in the benchmark). Raw events already deleted by
+/// retention are lost from rebuilt rollups: rebuild only what raw data holds.
+pub async fn rebuild(
+    conn: &mut AsyncPgConnection,
+    progress: &mut (dyn FnMut(DateTime<Utc>, u64) + Send),
+) -> Result<u64> {
+    conn.transaction::<_, Error, _>(async |conn| {
+        diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+            .bind::<BigInt, _>(FOLD_LOCK)
+            .execute(conn)
+            .await?;
+        diesel::sql_query("LOCK TABLE events IN SHARE MODE").execute(conn).await?;
+        diesel::sql_query(
+            "TRUNCATE rollup_type_counts, rollup_page_counts, rollup_product_counts, rollup_user_sets,
+                      rollup_type_deltas, rollup_page_deltas, rollup_product_deltas, rollup_user_deltas",
+        )
+        .execute(conn)
+        .await?;
+        let span: Span = diesel::sql_query(r#"SELECT min("timestamp") AS first, max("timestamp") AS last FROM events"#)
+            .get_result(conn)
+            .await?;
+        let mut total = 0;
+        if let (Some(first), Some(last)) = (span.first, span.last) {
+            let mut day = floor_to(first, 86400);
+            while day <= last {
+                let next = day + chrono::TimeDelta::days(1);
+                for sql in SEED_DELTAS {
+                    diesel::sql_query(sql)
+                        .bind::<Timestamptz, _>(day)
+                        .bind::<Timestamptz, _>(next)
+                        .execute(conn)
+                        .await?;
+                }
+                let rows = fold_pending(conn).await?;
+                total += rows;
+                progress(day, rows);
+                day = next;
+            }
+        }
+        diesel::sql_query("UPDATE rollup_state SET fold_generation = fold_generation + 1")
+            .execute(conn)
+            .await?;
+        Ok(total)
     })
     .await
 }
