@@ -28,6 +28,8 @@ pub enum Command {
         #[command(subcommand)]
         action: MigrateAction,
     },
+    /// GetMetrics latency of the dashboard queries beside plain SQL.
+    BenchQueries(Box<crate::bench::BenchQueriesSettings>),
     /// Rollup maintenance.
     Rollups {
         #[command(subcommand)]

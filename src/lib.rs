@@ -13,12 +13,14 @@
 //!   [`http`] serves `/metrics` and the dashboard.
 //! * [`domain`] holds validated types and rules, with no I/O.
 //! * [`db`] is storage: the pool, migrations, and one function per query.
+//! * [`bench`] is `pulse bench-queries`, the GetMetrics latency benchmark.
 //! * [`jobs`] are background loops of `serve` (rollup folding).
 //! * [`error`] is the error policy; [`telemetry`] is logging and metrics.
 //! * [`loadgen`] is `pulse loadgen`: a deterministic event generator that
 //!   drives `IngestEvents` or writes the same rows as CSV for `psql \copy`.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
         Command::Serve(settings) => commands::serve(*settings).await,
         Command::Migrate { action } => commands::migrate(action).await,
         Command::Rollups { action } => commands::rollups(action).await,
+        Command::BenchQueries(settings) => pulse::bench::run(*settings).await,
         Command::Loadgen(settings) => loadgen::run(*settings).await,
     };
     match result {

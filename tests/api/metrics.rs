@@ -1072,7 +1072,8 @@ async fn the_query_cache_is_never_stale() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rebuild_recomputes_rollups_from_raw_events() {
-    let app = TestApp::spawn_with(|s| s.rollup_interval = std::time::Duration::from_secs(3600)).await;
+    let app =
+        TestApp::spawn_with(|s| s.rollup_interval = std::time::Duration::from_secs(3600)).await;
     seed_fixed(&app).await;
     fold(&app).await;
     // Rows written around Pulse (as `psql \copy` would) have no rollups yet.
@@ -1084,13 +1085,31 @@ async fn rebuild_recomputes_rollups_from_raw_events() {
     )
     .await
     .unwrap();
-    let day = request(Metric::Events, at(5, 0, 0, 0), at(6, 0, 0, 0), Granularity::Total, None, Dimension::Unspecified, 0);
+    let day = request(
+        Metric::Events,
+        at(5, 0, 0, 0),
+        at(6, 0, 0, 0),
+        Granularity::Total,
+        None,
+        Dimension::Unspecified,
+        0,
+    );
     assert_eq!(get(&app, day.clone()).await.series[0].total, 8.0);
     let mut days = Vec::new();
-    let rows = pulse::db::rollups::rebuild(&mut conn, &mut |d, _| days.push(d)).await.expect("rebuild");
+    let rows = pulse::db::rollups::rebuild(&mut conn, &mut |d, _| days.push(d))
+        .await
+        .expect("rebuild");
     assert!(rows > 0);
     assert_eq!(days.len(), 2, "5 and 6 January");
     assert_eq!(get(&app, day.clone()).await.series[0].total, 9.0);
-    let users = request(Metric::UniqueUsers, at(5, 0, 0, 0), at(6, 0, 0, 0), Granularity::Total, None, Dimension::Unspecified, 0);
+    let users = request(
+        Metric::UniqueUsers,
+        at(5, 0, 0, 0),
+        at(6, 0, 0, 0),
+        Granularity::Total,
+        None,
+        Dimension::Unspecified,
+        0,
+    );
     assert_eq!(get(&app, users).await.series[0].total, 3.0);
 }
