@@ -648,11 +648,11 @@ impl QueryCache {
     }
 }
 
-async fn raw(
-    conn: &mut AsyncPgConnection,
+fn raw_statement<'a>(
+    sql: &str,
     q: &MetricQuery,
-    buckets: usize,
-) -> Result<Vec<SeriesValues>> {
+    secs: i32,
+) -> diesel::query_builder::BoxedSqlQuery<'a, diesel::pg::Pg, diesel::query_builder::SqlQuery> {
     let group = match q.group_by {
         Dimension::None => 0,
         Dimension::EventType => 1,
@@ -667,24 +667,49 @@ async fn raw(
         Metric::Revenue => 5,
         Metric::Quantity => 6,
     };
-    let all = q.filter.event_types.is_empty();
-    let grouped = q.group_by != Dimension::None;
     let f = &q.filter;
+    diesel::sql_query(sql)
+        .into_boxed()
+        .bind::<Int4, _>(secs)
+        .bind::<Timestamptz, _>(q.start)
+        .bind::<Int4, _>(group)
+        .bind::<Int4, _>(metric)
+        .bind::<Timestamptz, _>(q.start)
+        .bind::<Timestamptz, _>(q.end)
+        .bind::<Bool, _>(f.event_types.is_empty())
+        .bind::<Array<Text>, _>(f.event_types.clone())
+        .bind::<Nullable<Text>, _>(f.page_url.clone())
+        .bind::<Nullable<Text>, _>(f.product_id.clone())
+        .bind::<Nullable<Text>, _>(f.user_id.clone())
+}
+
+/// The plan of the raw-events statement for `q` (`EXPLAIN ANALYZE`): tests
+/// check that a user filter reads `events_user_id_timestamp`.
+pub async fn explain_raw(conn: &mut AsyncPgConnection, q: &MetricQuery) -> Result<String> {
+    #[derive(QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+    let sql = format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {RAW_SQL}");
+    let lines: Vec<PlanLine> = raw_statement(&sql, q, granularity_secs(q))
+        .load(conn)
+        .await?;
+    Ok(lines
+        .into_iter()
+        .map(|l| l.line)
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+async fn raw(
+    conn: &mut AsyncPgConnection,
+    q: &MetricQuery,
+    buckets: usize,
+) -> Result<Vec<SeriesValues>> {
+    let grouped = q.group_by != Dimension::None;
     let run = async |conn: &mut AsyncPgConnection, secs: i32| -> Result<Vec<CountRow>> {
-        Ok(diesel::sql_query(RAW_SQL)
-            .bind::<Int4, _>(secs)
-            .bind::<Timestamptz, _>(q.start)
-            .bind::<Int4, _>(group)
-            .bind::<Int4, _>(metric)
-            .bind::<Timestamptz, _>(q.start)
-            .bind::<Timestamptz, _>(q.end)
-            .bind::<Bool, _>(all)
-            .bind::<Array<Text>, _>(&f.event_types)
-            .bind::<Nullable<Text>, _>(f.page_url.as_deref())
-            .bind::<Nullable<Text>, _>(f.product_id.as_deref())
-            .bind::<Nullable<Text>, _>(f.user_id.as_deref())
-            .load(conn)
-            .await?)
+        Ok(raw_statement(RAW_SQL, q, secs).load(conn).await?)
     };
     if q.metric != Metric::UniqueUsers {
         let rows = run(conn, granularity_secs(q)).await?;

@@ -1113,3 +1113,39 @@ async fn rebuild_recomputes_rollups_from_raw_events() {
     );
     assert_eq!(get(&app, users).await.series[0].total, 3.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_filter_reads_the_user_index() {
+    let app = TestApp::spawn().await;
+    seed_fixed(&app).await;
+    let mut conn = app.db.connect().await;
+    // Make the planner see a realistic table, not 9 rows.
+    diesel_async::SimpleAsyncConnection::batch_execute(
+        &mut conn,
+        "INSERT INTO users (external_id) SELECT 'bulk-' || g FROM generate_series(1, 2000) g;
+         INSERT INTO events (event_id, \"timestamp\", user_id, event_type_id)
+         SELECT gen_random_uuid(), timestamptz '2026-01-01' + g * interval '1 second', 5 + g % 2000, 2
+         FROM generate_series(1, 200000) g;
+         ANALYZE events;",
+    )
+    .await
+    .unwrap();
+    let q = pulse::domain::metric::MetricQuery::new(
+        pulse::domain::metric::Metric::Events,
+        at(5, 0, 0, 0),
+        at(6, 0, 0, 0),
+        pulse::domain::metric::Granularity::Hour,
+        pulse::domain::metric::Filter {
+            user_id: Some("ann".into()),
+            ..Default::default()
+        },
+        pulse::domain::metric::Dimension::None,
+        0,
+    )
+    .unwrap();
+    let plan = pulse::db::metrics::explain_raw(&mut conn, &q)
+        .await
+        .expect("explain");
+    assert!(plan.contains("events_user_id_timestamp"), "{plan}");
+    assert!(!plan.contains("Seq Scan on events"), "{plan}");
+}
