@@ -24,7 +24,11 @@ pub async fn fold_rollups(
         let started = Instant::now();
         let result = async {
             let mut conn = connection(&pool).await?;
-            rollups::fold(&mut conn).await
+            let outcome = rollups::fold(&mut conn).await?;
+            if outcome.delta_rows > 0 {
+                rollups::vacuum_deltas(&mut conn).await?;
+            }
+            Ok::<_, crate::error::Error>(outcome)
         }
         .await;
         match result {
