@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use crate::alerts::evaluator::EvaluatorSettings;
+use crate::alerts::hub::Hub;
 use crate::config::ServeSettings;
 use crate::db::ingest::IdCache;
 use crate::db::metrics::QueryCache;
@@ -120,6 +122,37 @@ impl App {
             stop.clone(),
         ));
 
+        // Alerts: the hub's starting point is read before anything is
+        // served, so every notification after it reaches the live feed and
+        // every one before it is in the table for replays.
+        let hub = Hub::new(
+            pool.clone(),
+            metrics.clone(),
+            settings.alert_feed_capacity,
+            stop.clone(),
+        );
+        let feed_start = {
+            let mut conn = db::connection(&pool).await?;
+            db::alerts::last_notification_id(&mut conn).await?
+        };
+        let feed_task = tokio::spawn(
+            hub.clone()
+                .listen(settings.database.url.clone(), feed_start),
+        );
+        // GetMetrics and the evaluator share the rollup answers they cache.
+        let query_cache = Arc::new(QueryCache::new(settings.query_cache_bytes));
+        let evaluator_task = tokio::spawn(crate::alerts::evaluator::run(
+            EvaluatorSettings {
+                database_url: settings.database.url.clone(),
+                interval: settings.alert_interval,
+                clock: settings.alert_clock.clone(),
+            },
+            pool.clone(),
+            query_cache.clone(),
+            metrics.clone(),
+            stop.clone(),
+        ));
+
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -150,14 +183,19 @@ impl App {
             .add_service(
                 QueryServiceServer::new(QueryApi::new(
                     pool.clone(),
-                    Arc::new(QueryCache::new(settings.query_cache_bytes)),
+                    query_cache,
                     metrics.clone(),
                     settings.limits.max_string_bytes,
                 ))
                 .max_decoding_message_size(max_message),
             )
             .add_service(
-                AlertServiceServer::new(AlertApi::default()).max_decoding_message_size(max_message),
+                AlertServiceServer::new(AlertApi::new(
+                    pool.clone(),
+                    hub,
+                    settings.limits.max_string_bytes,
+                ))
+                .max_decoding_message_size(max_message),
             )
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_listener),
@@ -191,6 +229,8 @@ impl App {
         .await;
         let _ = health_task.await;
         let _ = fold_task.await;
+        let _ = evaluator_task.await;
+        let _ = feed_task.await;
         pool.close();
         match drained {
             Ok((Ok(Ok(())), Ok(Ok(())))) => {

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::alerts::clock::SharedClock;
+
 /// Where the database is and how many connections Pulse may hold.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseSettings {
@@ -149,6 +151,24 @@ pub struct ServeSettings {
     #[arg(long = "query-cache-bytes", env = "PULSE_QUERY_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub query_cache_bytes: usize,
 
+    /// How often the evaluating instance evaluates every alert rule.
+    #[arg(long = "alert-interval", env = "PULSE_ALERT_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub alert_interval: Duration,
+
+    /// Live notifications buffered per instance; a WatchAlerts subscriber
+    /// further behind than this is caught up from the table.
+    #[arg(
+        long = "alert-feed-capacity",
+        env = "PULSE_ALERT_FEED_CAPACITY",
+        default_value_t = 1024
+    )]
+    pub alert_feed_capacity: usize,
+
+    /// The clock the alert evaluator reads; the system clock, except in
+    /// tests, which inject a manual one.
+    #[arg(skip)]
+    pub alert_clock: SharedClock,
+
     #[command(flatten)]
     pub limits: IngestLimits,
 }
@@ -172,6 +192,9 @@ impl ServeSettings {
             shutdown_grace: Duration::from_secs(10),
             rollup_interval: Duration::from_millis(500),
             query_cache_bytes: 32 * 1024 * 1024,
+            alert_interval: Duration::from_millis(500),
+            alert_feed_capacity: 1024,
+            alert_clock: SharedClock::default(),
             limits: IngestLimits::default(),
         }
     }

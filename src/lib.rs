@@ -15,10 +15,13 @@
 //! * [`db`] is storage: the pool, migrations, and one function per query.
 //! * [`bench`] is `pulse bench-queries`, the GetMetrics latency benchmark.
 //! * [`jobs`] are background loops of `serve` (rollup folding).
+//! * [`alerts`] runs alerting inside `serve`: the evaluator (one instance
+//!   at a time) and the hub that streams notifications to subscribers.
 //! * [`error`] is the error policy; [`telemetry`] is logging and metrics.
 //! * [`loadgen`] is `pulse loadgen`: a deterministic event generator that
 //!   drives `IngestEvents` or writes the same rows as CSV for `psql \copy`.
 
+pub mod alerts;
 pub mod app;
 pub mod bench;
 pub mod cli;

@@ -45,6 +45,13 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Labels of an alert state: a rule's (`inactive`, `pending`, `firing`,
+/// `disabled`) or a notification's (`firing`, `resolved`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
 /// Every series Pulse exports, with the registry that renders them.
 pub struct Metrics {
     registry: Registry,
@@ -58,6 +65,16 @@ pub struct Metrics {
     pub rollup_folded_rows: Counter,
     pub rollup_fold_failures: Counter,
     pub query_cache: Family<OutcomeLabels, Counter>,
+    pub alert_evaluator_leader: Gauge,
+    pub alert_rules: Family<StateLabels, Gauge>,
+    pub alert_evaluations: Counter,
+    pub alert_evaluation_failures: Counter,
+    pub alert_evaluation_duration: Histogram,
+    pub alert_notifications: Family<StateLabels, Counter>,
+    pub alert_notifications_delivered: Counter,
+    pub alert_subscribers: Gauge,
+    pub alert_subscriber_catchups: Counter,
+    pub alert_subscriber_lag: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
@@ -131,6 +148,66 @@ impl Metrics {
             "GetMetrics answers by use of the query cache (hit, miss, bypass)",
             query_cache.clone(),
         );
+        let alert_evaluator_leader = Gauge::default();
+        registry.register(
+            "alert_evaluator_leader",
+            "1 while this instance holds the evaluator lock and evaluates alert rules, else 0",
+            alert_evaluator_leader.clone(),
+        );
+        let alert_rules = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "alert_rules",
+            "Alert rules by state (inactive, pending, firing, disabled) after the last tick; 0 on instances that do not evaluate",
+            alert_rules.clone(),
+        );
+        let alert_evaluations = Counter::default();
+        registry.register(
+            "alert_evaluations",
+            "Rule evaluations (one per enabled rule per tick)",
+            alert_evaluations.clone(),
+        );
+        let alert_evaluation_failures = Counter::default();
+        registry.register(
+            "alert_evaluation_failures",
+            "Metric queries or ticks of the evaluator that failed (the affected rules keep their state)",
+            alert_evaluation_failures.clone(),
+        );
+        let alert_evaluation_duration = latency_histogram();
+        registry.register(
+            "alert_evaluation_duration_seconds",
+            "Time of one evaluator tick: every rule evaluated and every transition stored",
+            alert_evaluation_duration.clone(),
+        );
+        let alert_notifications = Family::<StateLabels, Counter>::default();
+        registry.register(
+            "alert_notifications",
+            "Notifications stored by this instance's evaluator, by state (firing, resolved)",
+            alert_notifications.clone(),
+        );
+        let alert_notifications_delivered = Counter::default();
+        registry.register(
+            "alert_notifications_delivered",
+            "Notifications sent to WatchAlerts subscribers of this instance (replays included)",
+            alert_notifications_delivered.clone(),
+        );
+        let alert_subscribers = Gauge::default();
+        registry.register(
+            "alert_subscribers",
+            "WatchAlerts streams open on this instance",
+            alert_subscribers.clone(),
+        );
+        let alert_subscriber_catchups = Counter::default();
+        registry.register(
+            "alert_subscriber_catchups",
+            "Times a subscriber fell behind the live feed and was caught up from the table",
+            alert_subscriber_catchups.clone(),
+        );
+        let alert_subscriber_lag = Histogram::new(exponential_buckets(1.0, 4.0, 8));
+        registry.register(
+            "alert_subscriber_lag_notifications",
+            "How many live notifications a subscriber had fallen behind by when it was caught up",
+            alert_subscriber_lag.clone(),
+        );
         Arc::new(Self {
             registry,
             rpc_requests,
@@ -143,6 +220,16 @@ impl Metrics {
             rollup_folded_rows,
             rollup_fold_failures,
             query_cache,
+            alert_evaluator_leader,
+            alert_rules,
+            alert_evaluations,
+            alert_evaluation_failures,
+            alert_evaluation_duration,
+            alert_notifications,
+            alert_notifications_delivered,
+            alert_subscribers,
+            alert_subscriber_catchups,
+            alert_subscriber_lag,
         })
     }
 

@@ -1,6 +1,94 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    /// Every notification, stored before it is delivered; WatchAlerts replays it by id. Append-only; kept when its rule is deleted.
+    alert_notifications (notification_id) {
+        /// AlertNotification.id: strictly increasing in commit order (inserts are serialised by an advisory lock).
+        notification_id -> Int8,
+        /// The rule that changed state (no foreign key: history outlives deleted rules).
+        rule_id -> Uuid,
+        /// The rule's name at the time of the notification.
+        rule_name -> Text,
+        /// firing or resolved.
+        state -> Text,
+        /// The metric value that caused the transition (for a resolution caused by editing, disabling or deleting the rule: the last value evaluated).
+        value -> Float8,
+        /// The rule's threshold at the time of the notification.
+        threshold -> Float8,
+        /// Start of the evaluated window.
+        window_start -> Timestamptz,
+        /// End of the evaluated window: the evaluation instant.
+        window_end -> Timestamptz,
+        /// When the alert started firing: the same for a FIRING and the RESOLVED that ends it.
+        fired_at -> Timestamptz,
+        /// When the row was committed (database clock).
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Alert rules managed through AlertService: a metric over a sliding window compared with a threshold.
+    alert_rules (rule_id) {
+        /// The rule id returned to clients (AlertRule.id), assigned by the server (UUIDv7, so ids sort by creation).
+        rule_id -> Uuid,
+        /// A name for people, copied into every notification.
+        name -> Text,
+        /// The metric measured: events, unique_users, pageviews, purchases, revenue or quantity (as in GetMetrics).
+        metric -> Text,
+        /// Filter.event_types: keep only events of these types; empty keeps all.
+        filter_event_types -> Array<Nullable<Text>>,
+        /// Filter.page_url: keep only pageviews of this URL; NULL does not filter.
+        filter_page_url -> Nullable<Text>,
+        /// Filter.product_id: keep only purchases of this product; NULL does not filter.
+        filter_product_id -> Nullable<Text>,
+        /// Filter.user_id: keep only events of this user (the client's id); NULL does not filter.
+        filter_user_id -> Nullable<Text>,
+        /// The metric is computed over the sliding window [now - window_seconds, now).
+        window_seconds -> Int4,
+        /// How the value is compared with the threshold: gt, ge, lt or le.
+        comparison -> Text,
+        /// The value the metric is compared with; always finite.
+        threshold -> Float8,
+        /// How long the condition must hold (pending) before the rule fires; 0 fires at once.
+        for_seconds -> Int4,
+        /// Disabled rules are not evaluated; disabling a firing rule resolves it.
+        enabled -> Bool,
+        /// Bumped by every update that changes how the rule evaluates; a state row of another revision is reset by the evaluator.
+        revision -> Int8,
+        /// When the rule was created.
+        created_at -> Timestamptz,
+        /// When the rule was last updated.
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// The evaluator's state of each rule, written only when it changes, so a restart or a new evaluating instance neither re-fires nor forgets an alert.
+    alert_states (rule_id) {
+        /// The rule (alert_rules.rule_id); the row may outlive a deleted rule until the evaluator resolves it.
+        rule_id -> Uuid,
+        /// The alert_rules.revision this state belongs to.
+        revision -> Int8,
+        /// inactive, pending (the condition holds, for_seconds not yet elapsed) or firing.
+        state -> Text,
+        /// When the rule entered this state (evaluator clock); for a firing rule, when it fired.
+        since -> Timestamptz,
+        /// Incremented by every write; writers compare-and-set on it, so two evaluators can never both apply a transition.
+        seq -> Int8,
+        /// The rule's name when the state was written, for the RESOLVED of a rule deleted meanwhile.
+        rule_name -> Text,
+        /// The threshold when the state was written.
+        threshold -> Float8,
+        /// The metric value of the evaluation that caused the state.
+        value -> Float8,
+        /// Start of the window of that evaluation.
+        window_start -> Timestamptz,
+        /// End of the window of that evaluation (the evaluation instant).
+        window_end -> Timestamptz,
+    }
+}
+
+diesel::table! {
     /// Lookup of event type names, registered on first sight, so events store a 2-byte id.
     event_types (event_type_id) {
         /// Surrogate key stored in events.event_type_id.
@@ -155,6 +243,9 @@ diesel::joinable!(purchases -> users (user_id));
 diesel::joinable!(rollup_type_counts -> event_types (event_type_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    alert_notifications,
+    alert_rules,
+    alert_states,
     event_types,
     events,
     pageviews,

@@ -2,6 +2,7 @@
 //! tonic, no diesel. Transport code converts into these at the edge
 //! (`grpc/convert.rs`), storage code takes only these.
 
+pub mod alert;
 pub mod event;
 pub mod metric;
 pub mod user;

@@ -1,63 +1,345 @@
-//! `pulse.v1.AlertService`.
+//! `pulse.v1.AlertService`: rule CRUD and `WatchAlerts`.
+//!
+//! Requests are converted into domain values here (`rule.<field>` names the
+//! wrong field in INVALID_ARGUMENT); the evaluator picks rule changes up on
+//! its next tick. `WatchAlerts` is a stream fed by this instance's
+//! [`Hub`]: replay after `after_id`, then live, no gap or duplicate.
 
 use std::pin::Pin;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
-use super::not_built_yet;
+use super::convert::to_timestamp;
 use super::proto::alert_service_server::AlertService;
-use super::proto::*;
+use super::proto::{self, *};
+use crate::alerts::hub::Hub;
+use crate::db::{PgPool, alerts as store, connection};
+use crate::domain::alert::{self as domain, Comparison, Notification, NotificationState, RawRule};
+use crate::domain::metric::{Filter, Metric};
+use crate::error::Error;
+
+/// Most rule ids one WatchAlerts request may filter on.
+pub const MAX_WATCHED_RULES: usize = 1_000;
 
 /// Serves alert rules and notification streams.
-#[derive(Clone, Default)]
-pub struct AlertApi {}
+#[derive(Clone)]
+pub struct AlertApi {
+    pool: PgPool,
+    hub: Hub,
+    /// Longest `filter.page_url` accepted (the ingest limit).
+    max_string_bytes: usize,
+}
+
+impl AlertApi {
+    pub fn new(pool: PgPool, hub: Hub, max_string_bytes: usize) -> Self {
+        Self {
+            pool,
+            hub,
+            max_string_bytes,
+        }
+    }
+}
 
 type NotificationStream = Pin<Box<dyn Stream<Item = Result<AlertNotification, Status>> + Send>>;
+
+/// Prefixes an INVALID_ARGUMENT message with the path of its message.
+fn within(prefix: &str, error: Error) -> Error {
+    match error {
+        Error::InvalidArgument(message) => Error::InvalidArgument(format!("{prefix}{message}")),
+        other => other,
+    }
+}
+
+/// A rule id from the API.
+fn parse_id(field: &str, text: &str) -> Result<Uuid, Error> {
+    if text.is_empty() {
+        return Err(Error::InvalidArgument(format!("{field} is required")));
+    }
+    Uuid::try_parse(text)
+        .map_err(|_| Error::InvalidArgument(format!("{field} `{text}` is not a UUID")))
+}
+
+fn comparison(value: i32) -> Result<Comparison, Error> {
+    match proto::Comparison::try_from(value) {
+        Ok(proto::Comparison::GreaterThan) => Ok(Comparison::GreaterThan),
+        Ok(proto::Comparison::GreaterOrEqual) => Ok(Comparison::GreaterOrEqual),
+        Ok(proto::Comparison::LessThan) => Ok(Comparison::LessThan),
+        Ok(proto::Comparison::LessOrEqual) => Ok(Comparison::LessOrEqual),
+        Ok(proto::Comparison::Unspecified) => Err(Error::InvalidArgument(
+            "rule.comparison is required (COMPARISON_GREATER_THAN, COMPARISON_GREATER_OR_EQUAL, COMPARISON_LESS_THAN or COMPARISON_LESS_OR_EQUAL)".into(),
+        )),
+        Err(_) => Err(Error::InvalidArgument(format!(
+            "rule.comparison {value} is not a known Comparison"
+        ))),
+    }
+}
+
+/// Converts and validates a rule at the edge (the id is handled by the caller).
+fn rule_spec(rule: proto::AlertRule, max_string_bytes: usize) -> Result<domain::RuleSpec, Error> {
+    let metric = Metric::try_from(rule.metric).map_err(|e| within("rule.", e))?;
+    let filter = rule.filter.unwrap_or_default();
+    let filter = Filter::new(
+        filter.event_types,
+        filter.page_url,
+        filter.product_id,
+        filter.user_id,
+        max_string_bytes,
+    )
+    .map_err(|e| within("rule.", e))?;
+    domain::RuleSpec::parse(RawRule {
+        name: rule.name,
+        metric,
+        filter,
+        window_seconds: rule.window_seconds,
+        comparison: comparison(rule.comparison)?,
+        threshold: rule.threshold,
+        for_seconds: rule.for_seconds,
+        enabled: rule.enabled,
+    })
+}
+
+fn metric_to_proto(metric: Metric) -> proto::Metric {
+    match metric {
+        Metric::Events => proto::Metric::Events,
+        Metric::UniqueUsers => proto::Metric::UniqueUsers,
+        Metric::Pageviews => proto::Metric::Pageviews,
+        Metric::Purchases => proto::Metric::Purchases,
+        Metric::Revenue => proto::Metric::Revenue,
+        Metric::Quantity => proto::Metric::Quantity,
+    }
+}
+
+impl From<domain::AlertRule> for proto::AlertRule {
+    fn from(rule: domain::AlertRule) -> Self {
+        let spec = rule.spec;
+        let comparison = match spec.comparison {
+            Comparison::GreaterThan => proto::Comparison::GreaterThan,
+            Comparison::GreaterOrEqual => proto::Comparison::GreaterOrEqual,
+            Comparison::LessThan => proto::Comparison::LessThan,
+            Comparison::LessOrEqual => proto::Comparison::LessOrEqual,
+        };
+        proto::AlertRule {
+            id: rule.id.to_string(),
+            name: spec.name,
+            metric: metric_to_proto(spec.metric) as i32,
+            filter: Some(proto::Filter {
+                event_types: spec.filter.event_types,
+                page_url: spec.filter.page_url.unwrap_or_default(),
+                product_id: spec.filter.product_id.unwrap_or_default(),
+                user_id: spec.filter.user_id.unwrap_or_default(),
+            }),
+            window_seconds: spec.window_seconds,
+            comparison: comparison as i32,
+            threshold: spec.threshold,
+            for_seconds: spec.for_seconds,
+            enabled: spec.enabled,
+        }
+    }
+}
+
+impl From<&Notification> for AlertNotification {
+    fn from(n: &Notification) -> Self {
+        let state = match n.state {
+            NotificationState::Firing => proto::AlertState::Firing,
+            NotificationState::Resolved => proto::AlertState::Resolved,
+        };
+        AlertNotification {
+            // Identity values start at 1, so the cast never wraps.
+            id: n.id as u64,
+            rule_id: n.rule_id.to_string(),
+            rule_name: n.rule_name.clone(),
+            state: state as i32,
+            value: n.value,
+            threshold: n.threshold,
+            window_start: Some(to_timestamp(n.window_start)),
+            window_end: Some(to_timestamp(n.window_end)),
+            fired_at: Some(to_timestamp(n.fired_at)),
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl AlertService for AlertApi {
     async fn create_alert_rule(
         &self,
-        _request: Request<CreateAlertRuleRequest>,
+        request: Request<CreateAlertRuleRequest>,
     ) -> Result<Response<CreateAlertRuleResponse>, Status> {
-        Err(not_built_yet("CreateAlertRule"))
+        let rule = request
+            .into_inner()
+            .rule
+            .ok_or_else(|| Error::InvalidArgument("rule is required".into()))?;
+        if !rule.id.is_empty() {
+            return Err(Error::InvalidArgument(
+                "rule.id is assigned by the server: leave it empty (use UpdateAlertRule to change a rule)".into(),
+            )
+            .into());
+        }
+        let spec = rule_spec(rule, self.max_string_bytes)?;
+        let mut conn = connection(&self.pool).await?;
+        let rule = store::create_rule(&mut conn, &spec).await?;
+        Ok(Response::new(CreateAlertRuleResponse {
+            rule: Some(rule.into()),
+        }))
     }
 
     async fn get_alert_rule(
         &self,
-        _request: Request<GetAlertRuleRequest>,
+        request: Request<GetAlertRuleRequest>,
     ) -> Result<Response<GetAlertRuleResponse>, Status> {
-        Err(not_built_yet("GetAlertRule"))
+        let id = parse_id("id", &request.into_inner().id)?;
+        let mut conn = connection(&self.pool).await?;
+        let rule = store::get_rule(&mut conn, id).await?;
+        Ok(Response::new(GetAlertRuleResponse {
+            rule: Some(rule.into()),
+        }))
     }
 
     async fn list_alert_rules(
         &self,
         _request: Request<ListAlertRulesRequest>,
     ) -> Result<Response<ListAlertRulesResponse>, Status> {
-        Err(not_built_yet("ListAlertRules"))
+        let mut conn = connection(&self.pool).await?;
+        let rules = store::list_rules(&mut conn).await?;
+        Ok(Response::new(ListAlertRulesResponse {
+            rules: rules.into_iter().map(Into::into).collect(),
+        }))
     }
 
     async fn update_alert_rule(
         &self,
-        _request: Request<UpdateAlertRuleRequest>,
+        request: Request<UpdateAlertRuleRequest>,
     ) -> Result<Response<UpdateAlertRuleResponse>, Status> {
-        Err(not_built_yet("UpdateAlertRule"))
+        let rule = request
+            .into_inner()
+            .rule
+            .ok_or_else(|| Error::InvalidArgument("rule is required".into()))?;
+        let id = parse_id("rule.id", &rule.id)?;
+        let spec = rule_spec(rule, self.max_string_bytes)?;
+        let mut conn = connection(&self.pool).await?;
+        let rule = store::update_rule(&mut conn, id, &spec).await?;
+        Ok(Response::new(UpdateAlertRuleResponse {
+            rule: Some(rule.into()),
+        }))
     }
 
     async fn delete_alert_rule(
         &self,
-        _request: Request<DeleteAlertRuleRequest>,
+        request: Request<DeleteAlertRuleRequest>,
     ) -> Result<Response<DeleteAlertRuleResponse>, Status> {
-        Err(not_built_yet("DeleteAlertRule"))
+        let id = parse_id("id", &request.into_inner().id)?;
+        let mut conn = connection(&self.pool).await?;
+        store::delete_rule(&mut conn, id).await?;
+        Ok(Response::new(DeleteAlertRuleResponse {}))
     }
 
     type WatchAlertsStream = NotificationStream;
 
     async fn watch_alerts(
         &self,
-        _request: Request<WatchAlertsRequest>,
+        request: Request<WatchAlertsRequest>,
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
-        Err(not_built_yet("WatchAlerts"))
+        let request = request.into_inner();
+        let after_id = i64::try_from(request.after_id).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "after_id {} is above the largest notification id",
+                request.after_id
+            ))
+        })?;
+        if request.rule_ids.len() > MAX_WATCHED_RULES {
+            return Err(Error::InvalidArgument(format!(
+                "rule_ids holds {} ids; the limit is {MAX_WATCHED_RULES}",
+                request.rule_ids.len()
+            ))
+            .into());
+        }
+        let mut rule_ids = request
+            .rule_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| parse_id(&format!("rule_ids[{i}]"), id))
+            .collect::<Result<Vec<_>, _>>()?;
+        rule_ids.sort();
+        rule_ids.dedup();
+        // Unknown ids are allowed: a deleted rule's history stays
+        // replayable, and a rule may be created after the watch starts.
+        let items = ReceiverStream::new(self.hub.watch(after_id, rule_ids)).map(|item| {
+            item.map(|n| AlertNotification::from(n.as_ref()))
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(items)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule() -> proto::AlertRule {
+        proto::AlertRule {
+            id: String::new(),
+            name: "n".into(),
+            metric: proto::Metric::Events as i32,
+            filter: None,
+            window_seconds: 60,
+            comparison: proto::Comparison::GreaterThan as i32,
+            threshold: 1.0,
+            for_seconds: 0,
+            enabled: true,
+        }
+    }
+
+    fn error(rule: proto::AlertRule) -> String {
+        rule_spec(rule, 2048).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn edge_errors_name_the_rule_field() {
+        assert!(
+            error(proto::AlertRule {
+                metric: 0,
+                ..rule()
+            })
+            .starts_with("rule.metric is required")
+        );
+        assert!(
+            error(proto::AlertRule {
+                comparison: 0,
+                ..rule()
+            })
+            .starts_with("rule.comparison is required")
+        );
+        assert!(
+            error(proto::AlertRule {
+                filter: Some(proto::Filter {
+                    event_types: vec!["Bad Type".into()],
+                    ..Default::default()
+                }),
+                ..rule()
+            })
+            .starts_with("rule.filter.")
+        );
+        assert!(
+            parse_id("id", "nope")
+                .unwrap_err()
+                .to_string()
+                .contains("not a UUID")
+        );
+        let spec = rule_spec(rule(), 2048).unwrap();
+        let back = proto::AlertRule::from(domain::AlertRule {
+            id: Uuid::nil(),
+            revision: 1,
+            spec,
+        });
+        assert_eq!(
+            back,
+            proto::AlertRule {
+                id: Uuid::nil().to_string(),
+                filter: Some(proto::Filter::default()),
+                ..rule()
+            }
+        );
     }
 }

@@ -19,10 +19,3 @@ pub mod proto {
     /// The encoded descriptor set that server reflection serves.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pulse_descriptor");
 }
-
-/// The answer of an RPC that a later piece of work will build.
-pub(crate) fn not_built_yet(rpc: &str) -> tonic::Status {
-    tonic::Status::unimplemented(format!(
-        "{rpc} is part of the pulse.v1 contract but is not implemented by this version of Pulse yet"
-    ))
-}

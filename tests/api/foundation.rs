@@ -297,23 +297,6 @@ async fn every_foreign_key_rejects_an_orphan_row() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn unbuilt_rpcs_answer_unimplemented() {
-    use pulse::grpc::proto::*;
-    let app = TestApp::spawn().await;
-    let status = app
-        .alerts()
-        .list_alert_rules(ListAlertRulesRequest {})
-        .await
-        .expect_err("not built");
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
-    assert!(
-        status.message().contains("not implemented"),
-        "{}",
-        status.message()
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn metrics_endpoint_counts_rpcs_by_method_and_code() {
     let app = TestApp::spawn().await;
     wait_for_health(&app, "", ServingStatus::Serving).await;

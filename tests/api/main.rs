@@ -1,6 +1,7 @@
 //! Black-box tests: each test gets a fresh database cloned from a migrated
 //! template and a Pulse server on port 0, and talks to it over a real socket.
 
+mod alerts;
 mod foundation;
 mod helpers;
 mod ingest;
