@@ -14,9 +14,10 @@ use tonic_health::ServingStatus;
 
 use crate::alerts::evaluator::EvaluatorSettings;
 use crate::alerts::hub::Hub;
-use crate::config::ServeSettings;
+use crate::config::{DatabaseSettings, ServeSettings};
 use crate::db::ingest::IdCache;
 use crate::db::metrics::QueryCache;
+use crate::db::replica::{ReadPools, WriteLsn};
 use crate::db::{self, PgPool};
 use crate::error::{Error, Result};
 use crate::grpc::ingest::{IngestApi, IngestState};
@@ -37,6 +38,8 @@ pub struct App {
     grpc_listener: TcpListener,
     http_listener: TcpListener,
     pool: PgPool,
+    /// A streaming replica's pool for GetMetrics reads, if configured.
+    read_pool: Option<PgPool>,
     metrics: Arc<Metrics>,
 }
 
@@ -61,6 +64,14 @@ impl App {
             }
         }
         let pool = db::build_pool(&settings.database)?;
+        // The replica is read-only: never created or migrated, only read.
+        let read_pool = match &settings.read_database_url {
+            Some(url) => Some(db::build_pool(&DatabaseSettings {
+                url: url.clone(),
+                ..settings.database.clone()
+            })?),
+            None => None,
+        };
         let grpc_listener = bind(settings.grpc_addr, "gRPC").await?;
         let http_listener = bind(settings.http_addr, "HTTP").await?;
         Ok(Self {
@@ -68,6 +79,7 @@ impl App {
             grpc_listener,
             http_listener,
             pool,
+            read_pool,
             metrics: Metrics::new(),
         })
     }
@@ -94,6 +106,7 @@ impl App {
             grpc_listener,
             http_listener,
             pool,
+            read_pool,
             metrics,
         } = self;
         let grpc_addr = grpc_listener.local_addr().ok();
@@ -120,6 +133,21 @@ impl App {
             metrics.clone(),
             settings.rollup_interval,
             stop.clone(),
+        ));
+        let maintenance_task = tokio::spawn(crate::jobs::maintenance(
+            settings.database.url.clone(),
+            settings.maintenance.clone(),
+            metrics.clone(),
+            stop.clone(),
+        ));
+        // Reads go to the replica once it has replayed this instance's last
+        // write (see db/replica.rs).
+        let write_lsn = read_pool.as_ref().map(|_| Arc::new(WriteLsn::default()));
+        let reads = Arc::new(ReadPools::new(
+            pool.clone(),
+            read_pool.clone(),
+            write_lsn.clone().unwrap_or_default(),
+            settings.replica_wait,
         ));
 
         // Alerts: the hub's starting point is read before anything is
@@ -165,11 +193,22 @@ impl App {
             .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
         let max_message = settings.limits.max_message_bytes;
+        // GetMetrics and the dashboard's JSON API answer through this one value.
+        let query_api = QueryApi::new(
+            pool.clone(),
+            query_cache,
+            metrics.clone(),
+            settings.limits.max_string_bytes,
+        )
+        .with_reads(reads);
         let ingest_state = Arc::new(IngestState {
             pool: pool.clone(),
             cache: IdCache::new(USER_CACHE_ENTRIES),
             metrics: metrics.clone(),
             limits: settings.limits.clone(),
+            write_lsn,
+            retention: (settings.maintenance.retention_days > 0)
+                .then(|| chrono::TimeDelta::days(i64::from(settings.maintenance.retention_days))),
         });
         let grpc = Server::builder()
             .layer(ObserveLayer::new(metrics.clone()))
@@ -181,13 +220,7 @@ impl App {
                     .max_decoding_message_size(max_message),
             )
             .add_service(
-                QueryServiceServer::new(QueryApi::new(
-                    pool.clone(),
-                    query_cache,
-                    metrics.clone(),
-                    settings.limits.max_string_bytes,
-                ))
-                .max_decoding_message_size(max_message),
+                QueryServiceServer::new(query_api.clone()).max_decoding_message_size(max_message),
             )
             .add_service(
                 AlertServiceServer::new(AlertApi::new(
@@ -206,6 +239,8 @@ impl App {
 
         let http_app = http::router(HttpState {
             metrics: metrics.clone(),
+            pool: pool.clone(),
+            query: query_api,
         });
         let http = axum::serve(http_listener, http_app)
             .with_graceful_shutdown(stop.clone().cancelled_owned());
@@ -231,9 +266,13 @@ impl App {
         .await;
         let _ = health_task.await;
         let _ = fold_task.await;
+        let _ = maintenance_task.await;
         let _ = evaluator_task.await;
         let _ = feed_task.await;
         pool.close();
+        if let Some(read_pool) = read_pool {
+            read_pool.close();
+        }
         match drained {
             Ok((Ok(Ok(())), Ok(Ok(())))) => {
                 tracing::info!("shut down cleanly");

@@ -38,6 +38,9 @@ pub enum Command {
     /// Send generated events to IngestEvents and report throughput and ack
     /// latency, or write the same events as CSV for `psql \copy`.
     Loadgen(Box<loadgen::LoadgenSettings>),
+    /// Start Pulse with synthetic traffic and alert rules, for a live
+    /// dashboard in seconds (database `pulse_demo` by default).
+    Demo(Box<crate::demo::DemoSettings>),
 }
 
 #[derive(Debug, Clone, Subcommand)]

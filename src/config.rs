@@ -171,6 +171,60 @@ pub struct ServeSettings {
 
     #[command(flatten)]
     pub limits: IngestLimits,
+
+    #[command(flatten)]
+    pub maintenance: MaintenanceSettings,
+
+    /// PostgreSQL URL of a streaming replica for GetMetrics reads (none:
+    /// every read goes to the primary). See ARCHITECTURE.md "Read replica".
+    #[arg(long = "read-database-url", env = "PULSE_READ_DATABASE_URL")]
+    pub read_database_url: Option<String>,
+
+    /// Longest wait for the replica to replay this instance's last write
+    /// before a read falls back to the primary.
+    #[arg(long = "replica-wait", env = "PULSE_REPLICA_WAIT", default_value = "200ms", value_parser = parse_duration)]
+    pub replica_wait: Duration,
+}
+
+/// Scheduled maintenance jobs of `pulse serve` (each runs on one instance
+/// at a time). An interval or a retention of 0 turns the job off.
+#[derive(Debug, Clone, Args)]
+pub struct MaintenanceSettings {
+    /// Raw events (and their pageview/purchase details) older than this many
+    /// days are deleted; rollups are kept. 0 keeps raw events forever.
+    #[arg(
+        long = "retention-days",
+        env = "PULSE_RETENTION_DAYS",
+        default_value_t = 0
+    )]
+    pub retention_days: u32,
+
+    /// How often the retention job runs (when retention is on).
+    #[arg(long = "retention-interval", env = "PULSE_RETENTION_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub retention_interval: Duration,
+
+    /// Events deleted per retention transaction.
+    #[arg(
+        long = "retention-batch",
+        env = "PULSE_RETENTION_BATCH",
+        default_value_t = 5000
+    )]
+    pub retention_batch: u32,
+
+    /// How often the hot tables get `VACUUM (ANALYZE)`; 0 leaves them to autovacuum.
+    #[arg(long = "vacuum-interval", env = "PULSE_VACUUM_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub vacuum_interval: Duration,
+}
+
+impl Default for MaintenanceSettings {
+    fn default() -> Self {
+        Self {
+            retention_days: 0,
+            retention_interval: Duration::from_secs(600),
+            retention_batch: 5000,
+            vacuum_interval: Duration::from_secs(3600),
+        }
+    }
 }
 
 impl ServeSettings {
@@ -196,6 +250,9 @@ impl ServeSettings {
             alert_feed_capacity: 1024,
             alert_clock: SharedClock::default(),
             limits: IngestLimits::default(),
+            maintenance: MaintenanceSettings::default(),
+            read_database_url: None,
+            replica_wait: Duration::from_millis(200),
         }
     }
 }

@@ -20,6 +20,8 @@
 //! * [`error`] is the error policy; [`telemetry`] is logging and metrics.
 //! * [`loadgen`] is `pulse loadgen`: a deterministic event generator that
 //!   drives `IngestEvents` or writes the same rows as CSV for `psql \copy`.
+//! * [`demo`] is `pulse demo`: a server plus synthetic traffic and alert
+//!   rules, so the dashboard comes alive with one command.
 
 pub mod alerts;
 pub mod app;
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod grpc;

@@ -17,6 +17,7 @@ async fn main() -> ExitCode {
         Command::Rollups { action } => commands::rollups(action).await,
         Command::BenchQueries(settings) => pulse::bench::run(*settings).await,
         Command::Loadgen(settings) => loadgen::run(*settings).await,
+        Command::Demo(settings) => pulse::demo::run(*settings).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

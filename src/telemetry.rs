@@ -39,6 +39,15 @@ pub struct RpcLabels {
     pub code: String,
 }
 
+/// Labels of one HTTP response.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route's pattern (`/api/v1/metrics`), or `unmatched`.
+    pub route: String,
+    /// The HTTP status code, e.g. `200`.
+    pub status: String,
+}
+
 /// Labels of an ingest outcome class.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -50,6 +59,26 @@ pub struct OutcomeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: String,
+}
+
+/// Labels of a maintenance job run (`retention`, `vacuum`; outcome `ok`,
+/// `failed`, `skipped` when another instance held the job's lock).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub job: String,
+    pub outcome: String,
+}
+
+/// Labels of one maintenance job.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobNameLabels {
+    pub job: String,
+}
+
+/// Labels of a table rows were deleted from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
 }
 
 /// Every series Pulse exports, with the registry that renders them.
@@ -75,6 +104,18 @@ pub struct Metrics {
     pub alert_subscribers: Gauge,
     pub alert_subscriber_catchups: Counter,
     pub alert_subscriber_lag: Histogram,
+    /// Database pool gauges, set from `pool.status()` at each scrape.
+    pub db_pool_max_size: Gauge,
+    pub db_pool_size: Gauge,
+    pub db_pool_available: Gauge,
+    pub db_pool_waiting: Gauge,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<HttpLabels, Histogram>,
+    pub job_runs: Family<JobLabels, Counter>,
+    pub job_duration: Family<JobNameLabels, Histogram>,
+    pub job_last_success: Family<JobNameLabels, Gauge>,
+    pub retention_deleted_rows: Family<TableLabels, Counter>,
+    pub replica_reads: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -208,6 +249,76 @@ impl Metrics {
             "How many live notifications a subscriber had fallen behind by when it was caught up",
             alert_subscriber_lag.clone(),
         );
+        let job_runs = Family::<JobLabels, Counter>::default();
+        registry.register(
+            "job_runs",
+            "Maintenance job runs by job (retention, vacuum) and outcome (ok, failed, skipped: another instance held the job)",
+            job_runs.clone(),
+        );
+        let job_duration = Family::<JobNameLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "job_duration_seconds",
+            "Duration of maintenance job runs that did their work, by job",
+            job_duration.clone(),
+        );
+        let job_last_success = Family::<JobNameLabels, Gauge>::default();
+        registry.register(
+            "job_last_success_timestamp_seconds",
+            "Unix time of the last successful run of each maintenance job on this instance",
+            job_last_success.clone(),
+        );
+        let retention_deleted_rows = Family::<TableLabels, Counter>::default();
+        registry.register(
+            "retention_deleted_rows",
+            "Raw rows deleted by the retention job on this instance, by table (events, pageviews, purchases)",
+            retention_deleted_rows.clone(),
+        );
+        let replica_reads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "replica_reads",
+            "GetMetrics reads by where they went: replica, or primary after the replica lagged (fallback_lag) or failed (fallback_error)",
+            replica_reads.clone(),
+        );
+        let db_pool_max_size = Gauge::default();
+        registry.register(
+            "database_pool_max_connections",
+            "Most connections the pool may open (--db-pool-size)",
+            db_pool_max_size.clone(),
+        );
+        let db_pool_size = Gauge::default();
+        registry.register(
+            "database_pool_connections",
+            "Connections the pool holds open now, idle or in use",
+            db_pool_size.clone(),
+        );
+        let db_pool_available = Gauge::default();
+        registry.register(
+            "database_pool_idle_connections",
+            "Open connections not in use now",
+            db_pool_available.clone(),
+        );
+        let db_pool_waiting = Gauge::default();
+        registry.register(
+            "database_pool_waiting_tasks",
+            "Tasks waiting for a connection now (the pool is exhausted while above 0)",
+            db_pool_waiting.clone(),
+        );
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered (dashboard, JSON API, /metrics), by route and status code",
+            http_requests.clone(),
+        );
+        let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request duration until the response head, by route and status code",
+            http_duration.clone(),
+        );
         Arc::new(Self {
             registry,
             rpc_requests,
@@ -230,6 +341,17 @@ impl Metrics {
             alert_subscribers,
             alert_subscriber_catchups,
             alert_subscriber_lag,
+            db_pool_max_size,
+            db_pool_size,
+            db_pool_available,
+            db_pool_waiting,
+            http_requests,
+            http_duration,
+            job_runs,
+            job_duration,
+            job_last_success,
+            retention_deleted_rows,
+            replica_reads,
         })
     }
 
@@ -249,6 +371,25 @@ impl Metrics {
         self.query_cache
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records the pool's state; called at each scrape, so the gauges are
+    /// as fresh as the scrape.
+    pub fn observe_pool(&self, status: deadpool::Status) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.db_pool_max_size.set(gauge(status.max_size));
+        self.db_pool_size.set(gauge(status.size));
+        self.db_pool_available.set(gauge(status.available));
+        self.db_pool_waiting.set(gauge(status.waiting));
+    }
+
+    /// Counts one read by where it went (replica or a fallback).
+    pub fn count_replica_read(&self, route: &str) {
+        self.replica_reads
+            .get_or_create(&OutcomeLabels {
+                outcome: route.to_owned(),
             })
             .inc();
     }

@@ -9,9 +9,11 @@ pub mod admin;
 pub mod alerts;
 pub mod health;
 pub mod ingest;
+pub mod maintenance;
 pub mod metrics;
 pub mod migrations;
 pub mod pool;
+pub mod replica;
 pub mod rollups;
 pub mod schema;
 

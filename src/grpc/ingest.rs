@@ -19,8 +19,9 @@ use super::proto::ingest_service_server::IngestService;
 use super::proto::*;
 use crate::config::IngestLimits;
 use crate::db::ingest::{IdCache, upsert_users, write_events};
+use crate::db::replica::WriteLsn;
 use crate::db::{PgPool, connection};
-use crate::domain::event::{Clock, EventLimits, RawEvent, ValidEvent, validate};
+use crate::domain::event::{Clock, EventLimits, RawEvent, Rejection, ValidEvent, validate};
 use crate::domain::user::validate_user;
 use crate::error::Error;
 use crate::telemetry::Metrics;
@@ -36,6 +37,12 @@ pub struct IngestState {
     pub cache: IdCache,
     pub metrics: Arc<Metrics>,
     pub limits: IngestLimits,
+    /// Set when reads may go to a replica: after each commit the writer
+    /// records the primary's WAL position here (read-your-writes).
+    pub write_lsn: Option<Arc<WriteLsn>>,
+    /// The retention period (`--retention-days`), if any: older events are
+    /// rejected, since their raw rows (and so their dedup) may be gone.
+    pub retention: Option<chrono::TimeDelta>,
 }
 
 /// Receives events and users.
@@ -95,6 +102,9 @@ async fn write_loop(
         let started = Instant::now();
         let mut conn = connection(&state.pool).await?;
         let outcome = write_events(&mut conn, &state.cache, &mut batch).await?;
+        if let Some(write_lsn) = &state.write_lsn {
+            write_lsn.record(&mut conn).await?;
+        }
         drop(conn);
         state
             .metrics
@@ -109,6 +119,29 @@ async fn write_loop(
         totals.duplicates += duplicates;
     }
     Ok(totals)
+}
+
+/// Refuses an event older than the retention period. Retention deletes raw
+/// events older than that, and with them the record that an `event_id` was
+/// seen: a resent old event would be counted twice by the rollups. Deletion
+/// only ever removes events older than `now - retention` at its run, so
+/// refusing those at ingest (a later `now`) covers every deleted id.
+fn within_retention(
+    event: ValidEvent,
+    clock: &Clock,
+    retention: Option<chrono::TimeDelta>,
+) -> Result<ValidEvent, Rejection> {
+    match retention {
+        Some(keep) if event.timestamp < clock.received_at - keep => Err(Rejection::new(
+            "expired",
+            format!(
+                "timestamp {} is older than the retention period ({} days, PULSE_RETENTION_DAYS): raw events that old are deleted",
+                event.timestamp.to_rfc3339(),
+                keep.num_days()
+            ),
+        )),
+        _ => Ok(event),
+    }
 }
 
 fn stream_error(status: Status, max_message_bytes: usize) -> Status {
@@ -179,8 +212,9 @@ impl IngestService for IngestApi {
             let mut valid = Vec::with_capacity(message.events.len());
             for event in message.events {
                 let event_id = event.event_id.clone();
-                let checked =
-                    RawEvent::try_from(event).and_then(|raw| validate(raw, &clock, &event_limits));
+                let checked = RawEvent::try_from(event)
+                    .and_then(|raw| validate(raw, &clock, &event_limits))
+                    .and_then(|valid| within_retention(valid, &clock, state.retention));
                 match checked {
                     Ok(event) => valid.push(event),
                     Err(rejection) => {

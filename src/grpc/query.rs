@@ -8,15 +8,17 @@ use super::proto::{self, GetMetricsRequest, GetMetricsResponse, Point, Series};
 use std::sync::Arc;
 
 use crate::db::metrics::{CacheUse, QueryCache};
-use crate::db::{PgPool, connection, metrics};
-use crate::domain::metric::{Dimension, Filter, Granularity, Metric, MetricQuery};
+use crate::db::replica::{ReadPools, ReadRoute};
+use crate::db::{PgPool, metrics};
+use crate::domain::metric::{Dimension, Filter, Granularity, Metric, MetricQuery, SeriesValues};
 use crate::error::Error;
 use crate::telemetry::Metrics;
 
 /// Serves metric queries.
 #[derive(Clone)]
 pub struct QueryApi {
-    pool: PgPool,
+    /// The primary, and a streaming replica if configured.
+    reads: Arc<ReadPools>,
     /// Rollup parts of recent answers (never stale: see `db/metrics.rs`).
     cache: Arc<QueryCache>,
     metrics: Arc<Metrics>,
@@ -32,11 +34,17 @@ impl QueryApi {
         max_string_bytes: usize,
     ) -> Self {
         Self {
-            pool,
+            reads: Arc::new(ReadPools::primary_only(pool)),
             cache,
             metrics,
             max_string_bytes,
         }
+    }
+
+    /// Sends reads through `reads` (a replica, with read-your-writes).
+    pub fn with_reads(mut self, reads: Arc<ReadPools>) -> Self {
+        self.reads = reads;
+        self
     }
 }
 
@@ -116,6 +124,32 @@ pub fn metric_query(
     )
 }
 
+impl QueryApi {
+    /// Answers a validated query: the one path of GetMetrics and of the
+    /// dashboard's JSON API (`http/api.rs`), so both always agree. Returns
+    /// the series, in `query.bucket_starts()` order, and `approximate`.
+    pub async fn answer(&self, query: &MetricQuery) -> Result<(Vec<SeriesValues>, bool), Error> {
+        let (mut conn, route) = self.reads.connection().await?;
+        if route != ReadRoute::Primary {
+            self.metrics.count_replica_read(route.label());
+        }
+        let (series, approximate, cache_use) =
+            metrics::get_metrics(&mut conn, &self.cache, query).await?;
+        drop(conn);
+        self.metrics.count_query_cache(match cache_use {
+            CacheUse::Hit => "hit",
+            CacheUse::Miss => "miss",
+            CacheUse::Bypass => "bypass",
+        });
+        Ok((series, approximate))
+    }
+
+    /// Longest `filter.page_url` this API accepts.
+    pub fn max_string_bytes(&self) -> usize {
+        self.max_string_bytes
+    }
+}
+
 #[tonic::async_trait]
 impl QueryService for QueryApi {
     async fn get_metrics(
@@ -123,15 +157,7 @@ impl QueryService for QueryApi {
         request: Request<GetMetricsRequest>,
     ) -> Result<Response<GetMetricsResponse>, Status> {
         let query = metric_query(request.into_inner(), self.max_string_bytes)?;
-        let mut conn = connection(&self.pool).await?;
-        let (series, approximate, cache_use) =
-            metrics::get_metrics(&mut conn, &self.cache, &query).await?;
-        drop(conn);
-        self.metrics.count_query_cache(match cache_use {
-            CacheUse::Hit => "hit",
-            CacheUse::Miss => "miss",
-            CacheUse::Bypass => "bypass",
-        });
+        let (series, approximate) = self.answer(&query).await?;
         let starts: Vec<prost_types::Timestamp> = query
             .bucket_starts()
             .into_iter()

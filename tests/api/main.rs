@@ -2,7 +2,10 @@
 //! template and a Pulse server on port 0, and talks to it over a real socket.
 
 mod alerts;
+mod dashboard;
 mod foundation;
 mod helpers;
 mod ingest;
+mod maintenance;
 mod metrics;
+mod replica;

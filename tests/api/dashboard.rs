@@ -1,0 +1,577 @@
+//! The HTTP side: the dashboard's JSON API against GetMetrics, the page in
+//! headless Chromium, `/metrics` scraped by a real Prometheus, the client
+//! examples (grpcurl script, Python client) and `pulse demo`.
+//!
+//! The tests that drive an outside program (node + Chromium, Prometheus,
+//! python3 + grpcio, grpcurl) fail with the install command when it is
+//! missing: `.ci/install-tools` installs them all.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use pulse::domain::metric::floor_to;
+use pulse::grpc::convert::to_timestamp;
+use pulse::grpc::proto::*;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, TestDatabase, grpcurl, http_get};
+use crate::ingest::{click, ingest, message, pageview, purchase};
+
+/// The longest any bounded wait here lasts.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Fails with the way to install `what` unless `probe` runs successfully.
+fn require(what: &str, probe: &mut Command) {
+    let ok = probe
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{what} is missing: run .ci/install-tools (it installs Chromium, node packages, Prometheus, grpcio and grpcurl)"
+    );
+}
+
+/// A mix of events a few minutes ago: 3 users; pageviews on three pages,
+/// purchases of two products, clicks and a sign-up.
+async fn seed(app: &TestApp) -> usize {
+    let at = Utc::now() - TimeDelta::minutes(3);
+    let mut events = Vec::new();
+    for (i, (url, n)) in [("/", 6), ("/pricing", 4), ("/docs", 2)].iter().enumerate() {
+        for k in 0..*n {
+            events.push(pageview(
+                Uuid::now_v7(),
+                &format!("user-{}", (i + k) % 3),
+                url,
+            ));
+        }
+    }
+    events.push(purchase(Uuid::now_v7(), "user-0", "sku-1", 2, "19.98"));
+    events.push(purchase(Uuid::now_v7(), "user-1", "sku-2", 1, "5.25"));
+    events.push(purchase(Uuid::now_v7(), "user-2", "sku-1", 1, "9.99"));
+    for k in 0..5 {
+        events.push(click(Uuid::now_v7(), &format!("user-{}", k % 3)));
+    }
+    let mut sign_up = click(Uuid::now_v7(), "user-2");
+    sign_up.event_type = "sign_up".into();
+    events.push(sign_up);
+    let n = events.len();
+    for (k, e) in events.iter_mut().enumerate() {
+        e.timestamp = Some(to_timestamp(at + TimeDelta::seconds(k as i64)));
+    }
+    let response = ingest(app, vec![message(events)])
+        .await
+        .expect("seed events ingest");
+    assert_eq!(response.accepted, n as u64, "{response:?}");
+    n
+}
+
+async fn get_json(app: &TestApp, path: &str) -> (u16, Value) {
+    let (status, body) = app.http_get(path).await;
+    let json = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{path} answered {status} with no JSON ({e}): {body}"));
+    (status, json)
+}
+
+/// A rule on every event over the last 10 minutes that fires at once.
+async fn firing_rule(app: &TestApp, name: &str) -> String {
+    let rule = app
+        .alerts()
+        .create_alert_rule(CreateAlertRuleRequest {
+            rule: Some(AlertRule {
+                name: name.into(),
+                metric: Metric::Events as i32,
+                window_seconds: 600,
+                comparison: Comparison::GreaterThan as i32,
+                threshold: 3.0,
+                for_seconds: 0,
+                enabled: true,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create rule")
+        .into_inner()
+        .rule
+        .expect("a rule");
+    rule.id
+}
+
+/// Waits (bounded) until the JSON API lists a FIRING notification.
+async fn wait_for_firing(app: &TestApp) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, json) = get_json(app, "/api/v1/alerts/notifications?after_id=0").await;
+        if let Some(n) = json["notifications"]
+            .as_array()
+            .and_then(|list| list.iter().find(|n| n["state"] == "firing"))
+        {
+            return n.clone();
+        }
+        assert!(Instant::now() < deadline, "no firing notification: {json}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn json_metrics_are_get_metrics() {
+    let app = TestApp::spawn().await;
+    seed(&app).await;
+    let end = floor_to(Utc::now(), 60) + TimeDelta::minutes(1);
+    let start = end - TimeDelta::minutes(30);
+    for (metric, group_by, granularity) in [
+        (Metric::Events, Dimension::EventType, Granularity::Minute),
+        (
+            Metric::UniqueUsers,
+            Dimension::Unspecified,
+            Granularity::Total,
+        ),
+        (Metric::Revenue, Dimension::ProductId, Granularity::Total),
+        (Metric::Pageviews, Dimension::PageUrl, Granularity::Minute),
+    ] {
+        let grpc = app
+            .query()
+            .get_metrics(GetMetricsRequest {
+                metric: metric as i32,
+                start: Some(to_timestamp(start)),
+                end: Some(to_timestamp(end)),
+                granularity: granularity as i32,
+                group_by: group_by as i32,
+                ..Default::default()
+            })
+            .await
+            .expect("GetMetrics")
+            .into_inner();
+        let name = |s: &str, prefix: &str| s.strip_prefix(prefix).unwrap().to_ascii_lowercase();
+        let path = format!(
+            "/api/v1/metrics?metric={}&start={}&end={}&granularity={}&group_by={}",
+            name(metric.as_str_name(), "METRIC_"),
+            rfc3339(start),
+            rfc3339(end),
+            name(granularity.as_str_name(), "GRANULARITY_"),
+            name(group_by.as_str_name(), "DIMENSION_"),
+        );
+        let (status, json) = get_json(&app, &path).await;
+        assert_eq!(status, 200, "{json}");
+        let series = json["series"].as_array().expect("series");
+        assert_eq!(series.len(), grpc.series.len(), "{path}: {json}");
+        assert!(!grpc.series.is_empty(), "{path}: the seed is counted");
+        for (http, grpc) in series.iter().zip(&grpc.series) {
+            assert_eq!(http["group"], grpc.group.as_str(), "{path}");
+            assert_eq!(http["total"].as_f64(), Some(grpc.total), "{path}");
+            let values: Vec<f64> = http["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let expected: Vec<f64> = grpc.points.iter().map(|p| p.value).collect();
+            assert_eq!(values, expected, "{path}");
+        }
+        let buckets = json["buckets"].as_array().unwrap();
+        assert_eq!(buckets.len(), grpc.series[0].points.len(), "{path}");
+        assert_eq!(buckets[0], rfc3339(start).as_str(), "{path}");
+    }
+    // A named range ends at the next minute boundary, in minute buckets.
+    let (status, json) = get_json(&app, "/api/v1/metrics?metric=events&range=15m").await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["granularity"], "minute");
+    assert_eq!(json["buckets"].as_array().unwrap().len(), 15);
+    let end: DateTime<Utc> = json["end"].as_str().unwrap().parse().unwrap();
+    assert_eq!(end, floor_to(end, 60), "end is minute-aligned: {json}");
+    assert!(end > Utc::now() - TimeDelta::seconds(5), "{json}");
+    let (_, week) = get_json(&app, "/api/v1/metrics?metric=revenue&range=7d").await;
+    assert_eq!(week["granularity"], "hour", "{week}");
+    assert_eq!(week["series"][0]["total"].as_f64(), Some(35.22), "{week}");
+}
+
+#[tokio::test]
+async fn json_errors_carry_the_http_status_of_the_error_policy() {
+    let app = TestApp::spawn().await;
+    for (path, status, code) in [
+        ("/api/v1/metrics", 400, "INVALID_ARGUMENT"),
+        ("/api/v1/metrics?metric=clicks", 400, "INVALID_ARGUMENT"),
+        (
+            "/api/v1/metrics?metric=events&start=2026-01-01T00:00:00Z&end=2026-01-09T00:00:00Z&granularity=minute",
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "/api/v1/metrics?metric=events&start=2026-01-01T00:00:00Z",
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "/api/v1/metrics?metric=events&limit=x",
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "/api/v1/alerts/notifications?limit=0",
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        ("/api/v1/nothing", 404, "NOT_FOUND"),
+    ] {
+        let (got, json) = get_json(&app, path).await;
+        let mut shown = json.to_string();
+        shown.truncate(500);
+        assert_eq!(got, status, "{path}: {shown}");
+        assert_eq!(json["error"]["code"], code, "{path}: {json}");
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{path}: {json}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn json_alert_rules_show_state_and_notifications_page_by_id() {
+    let app = TestApp::spawn().await;
+    seed(&app).await;
+    let id = firing_rule(&app, "busy").await;
+    let firing = wait_for_firing(&app).await;
+    assert_eq!(firing["rule_id"], id.as_str());
+    assert_eq!(firing["rule_name"], "busy");
+    let (status, json) = get_json(&app, "/api/v1/alerts/rules").await;
+    assert_eq!(status, 200);
+    let rule = &json["rules"][0];
+    assert_eq!(rule["id"], id.as_str(), "{json}");
+    assert_eq!(rule["state"], "firing", "{json}");
+    assert_eq!(rule["comparison"], "greater_than", "{json}");
+    assert!(rule["value"].as_f64().is_some_and(|v| v > 3.0), "{json}");
+
+    let last = firing["id"].as_i64().unwrap();
+    let (_, after) = get_json(
+        &app,
+        &format!("/api/v1/alerts/notifications?after_id={last}"),
+    )
+    .await;
+    assert_eq!(
+        after["notifications"].as_array().unwrap().len(),
+        0,
+        "{after}"
+    );
+    assert_eq!(after["last_id"].as_i64(), Some(last), "{after}");
+    let (_, latest) = get_json(&app, "/api/v1/alerts/notifications?limit=1").await;
+    assert_eq!(
+        latest["notifications"][0]["id"].as_i64(),
+        Some(last),
+        "{latest}"
+    );
+}
+
+#[tokio::test]
+async fn the_page_and_its_assets_are_served_from_the_binary() {
+    let app = TestApp::spawn().await;
+    let (status, html) = app.http_get("/").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("<script src=\"/assets/app.js\""), "{html}");
+    for path in ["/assets/app.js", "/assets/app.css", "/favicon.svg"] {
+        let (status, body) = app.http_get(path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(!body.is_empty(), "{path}");
+        // Works offline: nothing is loaded from another host.
+        for needle in ["https://", "http://", "//cdn", "@import"] {
+            let hits: Vec<&str> = body
+                .lines()
+                .filter(|l| l.contains(needle) && !l.contains("http://www.w3.org/2000/svg"))
+                .collect();
+            assert!(hits.is_empty(), "{path} refers elsewhere: {hits:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn metrics_export_the_database_pool_and_http_requests() {
+    let app = TestApp::spawn().await;
+    seed(&app).await;
+    let (status, _) = get_json(&app, "/api/v1/alerts/rules").await;
+    assert_eq!(status, 200);
+    let (status, text) = app.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    for series in [
+        "pulse_database_pool_max_connections 16",
+        "pulse_database_pool_connections ",
+        "pulse_database_pool_idle_connections ",
+        "pulse_database_pool_waiting_tasks 0",
+        "pulse_grpc_requests_total{",
+        "pulse_ingest_events_total{",
+        "pulse_http_requests_total{route=\"/api/v1/alerts/rules\",status=\"200\"} 1",
+        "pulse_http_request_duration_seconds_count{route=\"/api/v1/alerts/rules\",status=\"200\"} 1",
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_in_headless_chromium_matches_get_metrics_and_updates_live() {
+    let dir = repo().join("tests/browser");
+    require("node", Command::new("node").arg("--version"));
+    require(
+        "chromium",
+        Command::new("/usr/bin/chromium").arg("--version"),
+    );
+    require("grpcurl", Command::new(grpcurl()).arg("-version"));
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "tests/browser/node_modules is missing: run .ci/install-tools (npm ci there)"
+    );
+    let app = TestApp::spawn().await;
+    seed(&app).await;
+    firing_rule(&app, "Busy site").await;
+    wait_for_firing(&app).await;
+
+    let screenshot = repo().join("artifacts/dashboard.png");
+    let (http, grpc) = (app.http_addr.to_string(), app.grpc_addr.to_string());
+    let shot = screenshot.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(dir.join("dashboard.test.mjs"))
+            .args([&http, &grpc])
+            .arg(&shot)
+            .env("GRPCURL", grpcurl())
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "the browser test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        screenshot.is_file(),
+        "no screenshot at {}",
+        screenshot.display()
+    );
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pulse-{what}-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_metrics() {
+    require("prometheus", Command::new("prometheus").arg("--version"));
+    let app = TestApp::spawn().await;
+    seed(&app).await;
+    let dir = temp_dir("prometheus");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: pulse\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['{}']\n",
+            app.http_addr
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let _prometheus = Child(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus starts"),
+    );
+    let prometheus: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let mut last = String::new();
+    loop {
+        // http_get expects a listener: ask only once Prometheus accepts.
+        if tokio::net::TcpStream::connect(prometheus).await.is_ok() {
+            let (status, body) =
+                http_get(prometheus, "/api/v1/query?query=pulse_grpc_requests_total").await;
+            if status == 200 && body.contains("\"__name__\":\"pulse_grpc_requests_total\"") {
+                let (_, up) = http_get(prometheus, "/api/v1/query?query=up").await;
+                assert!(up.contains("\"job\":\"pulse\""), "{up}");
+                assert!(up.contains("\"1\"]"), "the target is up: {up}");
+                let (_, pool) = http_get(
+                    prometheus,
+                    "/api/v1/query?query=pulse_database_pool_max_connections",
+                )
+                .await;
+                assert!(pool.contains("\"16\"]"), "{pool}");
+                break;
+            }
+            last = body;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+            panic!("Prometheus never returned a Pulse series; last answer: {last}\nlog:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_python_example_streams_events_and_watches_alerts() {
+    require(
+        "python3 with grpcio and grpcio-tools",
+        Command::new("python3").args(["-c", "import grpc, grpc_tools"]),
+    );
+    let app = TestApp::spawn().await;
+    let grpc = app.grpc_addr.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(repo().join("examples/python/client.py"))
+            .args(["--target", &grpc, "--events", "25", "--timeout", "20"])
+            .output()
+            .expect("python3 runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the Python example failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("accepted=25"), "{stdout}");
+    assert!(stdout.contains("FIRING"), "{stdout}");
+}
+
+#[tokio::test]
+async fn the_grpcurl_examples_run() {
+    require("grpcurl", Command::new(grpcurl()).arg("-version"));
+    let app = TestApp::spawn().await;
+    let grpc = app.grpc_addr.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .arg(repo().join("examples/grpcurl.sh"))
+            .arg(&grpc)
+            .env("GRPCURL", grpcurl())
+            .output()
+            .expect("bash runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "examples/grpcurl.sh failed:\n{stdout}\n{stderr}"
+    );
+    for rpc in [
+        "IngestEvents",
+        "UpsertUsers",
+        "GetMetrics",
+        "CreateAlertRule",
+        "GetAlertRule",
+        "ListAlertRules",
+        "UpdateAlertRule",
+        "WatchAlerts",
+        "DeleteAlertRule",
+    ] {
+        assert!(
+            stdout.contains(&format!("== {rpc}")),
+            "{rpc} not run:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("\"accepted\": \"2\""), "{stdout}");
+    assert!(stdout.contains("ALERT_STATE_FIRING"), "{stdout}");
+}
+
+#[tokio::test]
+async fn the_demo_creates_rules_and_traffic() {
+    let db = TestDatabase::migrated().await;
+    let url = db.url.clone();
+    let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    pulse::demo::run(pulse::demo::DemoSettings {
+        database_url: url,
+        grpc_addr: loopback,
+        http_addr: loopback,
+        rate: 50.0,
+        day_length: Duration::from_secs(60),
+        backfill: 2_000,
+        history: Duration::from_secs(60),
+        duration: Some(Duration::from_secs(4)),
+    })
+    .await
+    .expect("the demo runs and stops");
+    let app = TestApp::spawn_on(db, |_| {}).await;
+    let rules = app
+        .alerts()
+        .list_alert_rules(ListAlertRulesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .rules;
+    let mut names: Vec<_> = rules.iter().map(|r| r.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["Checkout stalled", "Sign-up surge", "Traffic burst"]
+    );
+    let end = Utc::now() + TimeDelta::minutes(1);
+    let total = |start: DateTime<Utc>| {
+        let mut query = app.query();
+        async move {
+            query
+                .get_metrics(GetMetricsRequest {
+                    metric: Metric::Events as i32,
+                    start: Some(to_timestamp(start)),
+                    end: Some(to_timestamp(end)),
+                    granularity: Granularity::Total as i32,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .series
+                .first()
+                .map_or(0.0, |s| s.total)
+        }
+    };
+    let week = total(end - TimeDelta::days(8)).await;
+    let recent = total(end - TimeDelta::minutes(3)).await;
+    // History (a week, thinned by the daily pattern, plus the last minute)
+    // and then live traffic.
+    assert!(week > 1_000.0, "backfill: {week}");
+    assert!(recent > 50.0, "live traffic and recent history: {recent}");
+}
