@@ -14,19 +14,26 @@ use tonic_health::ServingStatus;
 
 use crate::alerts::evaluator::EvaluatorSettings;
 use crate::alerts::hub::Hub;
+use crate::auth::{self, KeySet};
 use crate::config::{DatabaseSettings, ServeSettings};
 use crate::db::ingest::IdCache;
 use crate::db::metrics::QueryCache;
 use crate::db::replica::{ReadPools, WriteLsn};
 use crate::db::{self, PgPool};
 use crate::error::{Error, Result};
+use crate::grpc::deadline::DeadlineLayer;
+use crate::grpc::decode_errors::DecodeErrorsLayer;
 use crate::grpc::ingest::{IngestApi, IngestState};
 use crate::grpc::proto::alert_service_server::AlertServiceServer;
 use crate::grpc::proto::ingest_service_server::IngestServiceServer;
 use crate::grpc::proto::query_service_server::QueryServiceServer;
-use crate::grpc::{alerts::AlertApi, observe::ObserveLayer, proto, query::QueryApi};
+use crate::grpc::{
+    alerts::AlertApi, auth::AuthLayer, observe::ObserveLayer, proto, query::QueryApi,
+};
 use crate::http::{self, HttpState};
+use crate::limits::KeyLimits;
 use crate::telemetry::Metrics;
+use crate::tls::TlsFiles;
 
 /// Users whose surrogate key each process keeps in memory (about 100 bytes each).
 const USER_CACHE_ENTRIES: usize = 500_000;
@@ -41,11 +48,17 @@ pub struct App {
     /// A streaming replica's pool for GetMetrics reads, if configured.
     read_pool: Option<PgPool>,
     metrics: Arc<Metrics>,
+    /// The accepted API keys, loaded before serving so that no call slips
+    /// through while a key exists.
+    keys: Arc<KeySet>,
+    /// The certificate and key when TLS is on, checked before binding.
+    tls: Option<TlsFiles>,
 }
 
 impl App {
     /// Creates the database if missing, applies pending migrations (unless
-    /// `no_migrate`), builds the pool and binds both listeners.
+    /// `no_migrate`), builds the pool, loads the API keys (refusing to listen
+    /// beyond loopback without one) and binds both listeners.
     pub async fn build(settings: ServeSettings) -> Result<Self> {
         db::ensure_database(&settings.database.url).await?;
         if settings.no_migrate {
@@ -72,6 +85,11 @@ impl App {
             })?),
             None => None,
         };
+        let tls = TlsFiles::load(&settings.tls)?;
+        let addrs = [settings.grpc_addr, settings.http_addr];
+        let exposed = addrs.iter().any(|a| !a.ip().is_loopback());
+        let keys = KeySet::load(&pool, exposed).await?;
+        auth::check_exposure(&keys, &addrs)?;
         let grpc_listener = bind(settings.grpc_addr, "gRPC").await?;
         let http_listener = bind(settings.http_addr, "HTTP").await?;
         Ok(Self {
@@ -81,6 +99,8 @@ impl App {
             pool,
             read_pool,
             metrics: Metrics::new(),
+            keys,
+            tls,
         })
     }
 
@@ -108,6 +128,8 @@ impl App {
             pool,
             read_pool,
             metrics,
+            keys,
+            tls,
         } = self;
         let grpc_addr = grpc_listener.local_addr().ok();
         let http_addr = http_listener.local_addr().ok();
@@ -128,6 +150,11 @@ impl App {
             stop.clone(),
         ));
 
+        let keys_task = tokio::spawn(keys.clone().run(
+            pool.clone(),
+            settings.key_refresh_interval,
+            stop.clone(),
+        ));
         let fold_task = tokio::spawn(crate::jobs::fold_rollups(
             pool.clone(),
             metrics.clone(),
@@ -201,6 +228,7 @@ impl App {
             settings.limits.max_string_bytes,
         )
         .with_reads(reads);
+        let key_limits = KeyLimits::new(settings.key_limits.clone());
         let ingest_state = Arc::new(IngestState {
             pool: pool.clone(),
             cache: IdCache::new(USER_CACHE_ENTRIES),
@@ -209,9 +237,19 @@ impl App {
             write_lsn,
             retention: (settings.maintenance.retention_days > 0)
                 .then(|| chrono::TimeDelta::days(i64::from(settings.maintenance.retention_days))),
+            key_limits: key_limits.clone(),
         });
-        let grpc = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = &tls {
+            builder = builder
+                .tls_config(tls.grpc())
+                .map_err(|e| Error::InvalidArgument(format!("TLS for gRPC: {e}")))?;
+        }
+        let grpc = builder
             .layer(ObserveLayer::new(metrics.clone()))
+            .layer(DecodeErrorsLayer)
+            .layer(DeadlineLayer)
+            .layer(AuthLayer::new(keys.clone(), key_limits.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -241,17 +279,46 @@ impl App {
             metrics: metrics.clone(),
             pool: pool.clone(),
             query: query_api,
+            keys,
+            key_limits,
         });
-        let http = axum::serve(http_listener, http_app)
-            .with_graceful_shutdown(stop.clone().cancelled_owned());
 
         tracing::info!(
             grpc_addr = %display_addr(grpc_addr),
             http_addr = %display_addr(http_addr),
+            tls = tls.is_some(),
             "pulse serving"
         );
+        // Both servers are fully built before either is spawned, so a
+        // failure here never leaves one serving without the other.
+        let http: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match &tls {
+            None => Box::pin(
+                axum::serve(http_listener, http_app)
+                    .with_graceful_shutdown(stop.clone().cancelled_owned())
+                    .into_future(),
+            ),
+            Some(tls) => {
+                let listener = http_listener
+                    .into_std()
+                    .map_err(|e| Error::Internal(format!("HTTP listener: {e}")))?;
+                let handle = axum_server::Handle::new();
+                let server =
+                    axum_server::from_tcp_rustls(listener, tls.http()).handle(handle.clone());
+                let (stop, grace) = (stop.clone(), settings.shutdown_grace);
+                Box::pin(async move {
+                    // axum-server shuts down through its handle, not a future.
+                    let drain = async move {
+                        stop.cancelled().await;
+                        handle.graceful_shutdown(Some(grace));
+                    };
+                    let (served, ()) =
+                        tokio::join!(server.serve(http_app.into_make_service()), drain);
+                    served
+                })
+            }
+        };
         let grpc_task = tokio::spawn(grpc);
-        let http_task = tokio::spawn(async move { http.await });
+        let http_task = tokio::spawn(http);
 
         shutdown.await;
         tracing::info!("shutting down: no new calls, finishing in-flight ones");
@@ -265,6 +332,7 @@ impl App {
         })
         .await;
         let _ = health_task.await;
+        let _ = keys_task.await;
         let _ = fold_task.await;
         let _ = maintenance_task.await;
         let _ = evaluator_task.await;

@@ -1,11 +1,12 @@
 //! The command line: `pulse serve`, `pulse migrate run|revert|status`,
-//! `pulse loadgen`.
+//! `pulse keys create|list|revoke`, `pulse loadgen`, `pulse demo`.
 //!
 //! Parsing only; each subcommand's work lives in the module it names.
 
 use clap::{Parser, Subcommand};
 
 use crate::config::{DatabaseSettings, LogSettings, ServeSettings};
+use crate::domain::key::Scope;
 use crate::loadgen;
 
 /// Pulse: real-time product analytics over gRPC and PostgreSQL.
@@ -27,6 +28,11 @@ pub enum Command {
     Migrate {
         #[command(subcommand)]
         action: MigrateAction,
+    },
+    /// Create, list or revoke API keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
     },
     /// GetMetrics latency of the dashboard queries beside plain SQL.
     BenchQueries(Box<crate::bench::BenchQueriesSettings>),
@@ -72,4 +78,36 @@ pub enum MigrateAction {
         #[command(flatten)]
         database: DatabaseSettings,
     },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysAction {
+    /// Create a key and print it, alone on the last line (shown only once;
+    /// only its hash is stored). Creates and migrates the database if needed.
+    Create {
+        /// What the key may call: ingest, query or admin (everything).
+        #[arg(long, value_parser = parse_scope)]
+        scope: Scope,
+        /// A name for people: who or what holds the key.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        database: DatabaseSettings,
+    },
+    /// List every key: id, scope, created, last used, revoked, name.
+    List {
+        #[command(flatten)]
+        database: DatabaseSettings,
+    },
+    /// Revoke a key by id; running servers refuse it within seconds.
+    Revoke {
+        /// The key id, as `pulse keys list` shows it.
+        id: uuid::Uuid,
+        #[command(flatten)]
+        database: DatabaseSettings,
+    },
+}
+
+fn parse_scope(text: &str) -> Result<Scope, String> {
+    Scope::parse(text).map_err(|e| e.to_string())
 }

@@ -1,7 +1,7 @@
 //! The subcommands, each a plain async function over its settings.
 
 use crate::app::{App, shutdown_signal};
-use crate::cli::{MigrateAction, RollupsAction};
+use crate::cli::{KeysAction, MigrateAction, RollupsAction};
 use crate::config::ServeSettings;
 use crate::db;
 use crate::error::Result;
@@ -39,6 +39,72 @@ pub async fn migrate(action: MigrateAction) -> Result<()> {
                 };
                 println!("{state:8} {}", migration.version);
             }
+        }
+    }
+    Ok(())
+}
+
+/// `pulse keys create|list|revoke`. Each opens one connection of its own;
+/// `create` first creates and migrates the database, like `serve`, so the
+/// first key can exist before the first start.
+pub async fn keys(action: KeysAction) -> Result<()> {
+    use crate::domain::key::{NewKey, validate_name};
+    use diesel_async::{AsyncConnection, AsyncPgConnection};
+
+    let connect = |url: String| async move {
+        AsyncPgConnection::establish(&url).await.map_err(|e| {
+            crate::error::Error::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
+        })
+    };
+    let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or_else(
+            || "-".to_owned(),
+            |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        )
+    };
+    match action {
+        KeysAction::Create {
+            scope,
+            name,
+            database,
+        } => {
+            let name = validate_name(&name)?;
+            db::ensure_database(&database.url).await?;
+            db::migrations::run_pending(&database.url).await?;
+            let mut conn = connect(database.url).await?;
+            let key = NewKey::generate();
+            let id = db::keys::create(&mut conn, name, scope, &key.hash).await?;
+            println!("created API key {id} ({}, scope {})", name, scope.as_str());
+            println!("send it as `authorization: Bearer <key>`; it is shown only this once:");
+            println!("{}", key.secret);
+        }
+        KeysAction::List { database } => {
+            let mut conn = connect(database.url).await?;
+            println!(
+                "{:36}  {:6}  {:20}  {:20}  {:20}  name",
+                "id", "scope", "created", "last used", "revoked"
+            );
+            for key in db::keys::list(&mut conn).await? {
+                println!(
+                    "{:36}  {:6}  {:20}  {:20}  {:20}  {}",
+                    key.id,
+                    key.scope,
+                    when(Some(key.created_at)),
+                    when(key.last_used_at),
+                    when(key.revoked_at),
+                    key.name
+                );
+            }
+        }
+        KeysAction::Revoke { id, database } => {
+            let mut conn = connect(database.url).await?;
+            let key = db::keys::revoke(&mut conn, id).await?;
+            println!(
+                "revoked API key {} ({}) at {}; servers refuse it within seconds",
+                key.id,
+                key.name,
+                when(key.revoked_at)
+            );
         }
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! with different settings in one process.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -109,6 +110,57 @@ impl Default for IngestLimits {
     }
 }
 
+/// Per-API-key abuse limits (per instance; 0 turns a limit off). Calls
+/// without a key (no key exists, loopback only) are not limited.
+#[derive(Debug, Clone, Args)]
+pub struct KeyLimitSettings {
+    /// Ingest events per second per key (RESOURCE_EXHAUSTED with a retry hint above it).
+    #[arg(
+        long = "key-events-per-second",
+        env = "PULSE_KEY_EVENTS_PER_SECOND",
+        default_value_t = 50_000
+    )]
+    pub events_per_second: u32,
+
+    /// GetMetrics calls and dashboard API requests per second per key.
+    #[arg(
+        long = "key-queries-per-second",
+        env = "PULSE_KEY_QUERIES_PER_SECOND",
+        default_value_t = 200
+    )]
+    pub queries_per_second: u32,
+
+    /// Concurrent IngestEvents streams per key.
+    #[arg(
+        long = "key-max-ingest-streams",
+        env = "PULSE_KEY_MAX_INGEST_STREAMS",
+        default_value_t = 32
+    )]
+    pub max_ingest_streams: u32,
+}
+
+impl Default for KeyLimitSettings {
+    fn default() -> Self {
+        Self {
+            events_per_second: 50_000,
+            queries_per_second: 200,
+            max_ingest_streams: 32,
+        }
+    }
+}
+
+/// Optional TLS for both listeners; both files or neither.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsSettings {
+    /// PEM certificate chain served on the gRPC and HTTP listeners.
+    #[arg(long = "tls-cert", env = "PULSE_TLS_CERT")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key of the certificate.
+    #[arg(long = "tls-key", env = "PULSE_TLS_KEY")]
+    pub key: Option<PathBuf>,
+}
+
 /// Settings of `pulse serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeSettings {
@@ -169,8 +221,19 @@ pub struct ServeSettings {
     #[arg(skip)]
     pub alert_clock: SharedClock,
 
+    /// How often the API keys are reloaded from the database (how soon a
+    /// new or revoked key takes effect on this instance).
+    #[arg(long = "key-refresh-interval", env = "PULSE_KEY_REFRESH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub key_refresh_interval: Duration,
+
     #[command(flatten)]
     pub limits: IngestLimits,
+
+    #[command(flatten)]
+    pub key_limits: KeyLimitSettings,
+
+    #[command(flatten)]
+    pub tls: TlsSettings,
 
     #[command(flatten)]
     pub maintenance: MaintenanceSettings,
@@ -249,7 +312,10 @@ impl ServeSettings {
             alert_interval: Duration::from_millis(500),
             alert_feed_capacity: 1024,
             alert_clock: SharedClock::default(),
+            key_refresh_interval: Duration::from_secs(1),
             limits: IngestLimits::default(),
+            key_limits: KeyLimitSettings::default(),
+            tls: TlsSettings::default(),
             maintenance: MaintenanceSettings::default(),
             read_database_url: None,
             replica_wait: Duration::from_millis(200),

@@ -29,6 +29,16 @@ pub enum Error {
     /// The database is unreachable or overloaded; retrying later may work.
     #[error("{0}")]
     Unavailable(String),
+    /// No valid API key came with the call (missing, unknown or revoked).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The API key is valid but its scope does not cover the call.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The system is not in a state the operation needs (e.g. serving beyond
+    /// loopback with no API key).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The RPC exists in the contract but this version does not serve it.
     #[error("{0}")]
     Unimplemented(String),
@@ -48,6 +58,9 @@ impl Error {
             Error::NotFound(_) => tonic::Code::NotFound,
             Error::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
             Error::Unavailable(_) => tonic::Code::Unavailable,
+            Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            Error::PermissionDenied(_) => tonic::Code::PermissionDenied,
+            Error::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
             Error::Unimplemented(_) => tonic::Code::Unimplemented,
             Error::Internal(_) => tonic::Code::Internal,
         }
@@ -60,6 +73,9 @@ impl Error {
             Error::NotFound(_) => http::StatusCode::NOT_FOUND,
             Error::ResourceExhausted(_) => http::StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unauthenticated(_) => http::StatusCode::UNAUTHORIZED,
+            Error::PermissionDenied(_) => http::StatusCode::FORBIDDEN,
+            Error::FailedPrecondition(_) => http::StatusCode::PRECONDITION_FAILED,
             Error::Unimplemented(_) => http::StatusCode::NOT_IMPLEMENTED,
             Error::Internal(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -78,9 +94,27 @@ impl From<Error> for tonic::Status {
                 tracing::error!(error = %detail, "internal error");
                 tonic::Status::internal("internal error (details are in the server log)")
             }
-            other => tonic::Status::new(other.grpc_code(), other.to_string()),
+            other => tonic::Status::new(other.grpc_code(), client_message(other.to_string())),
         }
     }
+}
+
+/// Longest error message sent to a client. Messages may quote the input
+/// (`id `…` is not a UUID`); a 100 KB id must not become a 100 KB
+/// `grpc-message` header, which the client would refuse to read.
+pub const MAX_CLIENT_MESSAGE: usize = 1024;
+
+/// `message`, cut to [`MAX_CLIENT_MESSAGE`] bytes on a character boundary.
+pub fn client_message(mut message: String) -> String {
+    if message.len() > MAX_CLIENT_MESSAGE {
+        let mut end = MAX_CLIENT_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
 }
 
 impl From<DieselError> for Error {

@@ -17,6 +17,9 @@
 //! * [`jobs`] are background loops of `serve` (rollup folding).
 //! * [`alerts`] runs alerting inside `serve`: the evaluator (one instance
 //!   at a time) and the hub that streams notifications to subscribers.
+//! * [`auth`] is API-key authentication and [`limits`] the per-key rate
+//!   and stream limits, shared by both transports.
+//! * [`tls`] reads and checks the optional TLS certificate and key.
 //! * [`error`] is the error policy; [`telemetry`] is logging and metrics.
 //! * [`loadgen`] is `pulse loadgen`: a deterministic event generator that
 //!   drives `IngestEvents` or writes the same rows as CSV for `psql \copy`.
@@ -25,6 +28,7 @@
 
 pub mod alerts;
 pub mod app;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod commands;
@@ -36,5 +40,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod jobs;
+pub mod limits;
 pub mod loadgen;
 pub mod telemetry;
+pub mod tls;

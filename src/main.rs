@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(settings) => commands::serve(*settings).await,
         Command::Migrate { action } => commands::migrate(action).await,
+        Command::Keys { action } => commands::keys(action).await,
         Command::Rollups { action } => commands::rollups(action).await,
         Command::BenchQueries(settings) => pulse::bench::run(*settings).await,
         Command::Loadgen(settings) => loadgen::run(*settings).await,

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod alerts;
 pub mod health;
 pub mod ingest;
+pub mod keys;
 pub mod maintenance;
 pub mod metrics;
 pub mod migrations;

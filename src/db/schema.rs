@@ -89,6 +89,26 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// API keys clients send as `authorization: Bearer <key>`; managed with `pulse keys create|list|revoke`.
+    api_keys (id) {
+        /// The key id shown by `pulse keys list` and taken by `pulse keys revoke` (UUIDv7, so ids sort by creation); not secret.
+        id -> Uuid,
+        /// A name for people (who or what holds the key).
+        name -> Text,
+        /// What the key may call: ingest (IngestService), query (QueryService and the dashboard API) or admin (everything).
+        scope -> Text,
+        /// SHA-256 of the whole key string; the key itself is never stored.
+        key_hash -> Bytea,
+        /// When the key was created.
+        created_at -> Timestamptz,
+        /// When a server last accepted the key, updated at most once a minute per key and instance; NULL if never used.
+        last_used_at -> Nullable<Timestamptz>,
+        /// When the key was revoked; a revoked key is refused by every instance within seconds. NULL while the key is valid.
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     /// Lookup of event type names, registered on first sight, so events store a 2-byte id.
     event_types (event_type_id) {
         /// Surrogate key stored in events.event_type_id.
@@ -246,6 +266,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     alert_notifications,
     alert_rules,
     alert_states,
+    api_keys,
     event_types,
     events,
     pageviews,

@@ -118,6 +118,13 @@ impl Filter {
                     value.len()
                 )));
             }
+            // PostgreSQL text cannot hold NUL: refuse it here rather than
+            // fail the query.
+            if value.contains('\0') {
+                return Err(Error::InvalidArgument(format!(
+                    "filter.{field} contains a NUL character"
+                )));
+            }
             Ok((!value.is_empty()).then_some(value))
         };
         Ok(Self {

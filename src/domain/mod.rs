@@ -4,5 +4,6 @@
 
 pub mod alert;
 pub mod event;
+pub mod key;
 pub mod metric;
 pub mod user;

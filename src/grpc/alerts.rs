@@ -78,7 +78,10 @@ fn comparison(value: i32) -> Result<Comparison, Error> {
 }
 
 /// Converts and validates a rule at the edge (the id is handled by the caller).
-fn rule_spec(rule: proto::AlertRule, max_string_bytes: usize) -> Result<domain::RuleSpec, Error> {
+pub(crate) fn rule_spec(
+    rule: proto::AlertRule,
+    max_string_bytes: usize,
+) -> Result<domain::RuleSpec, Error> {
     let metric = Metric::try_from(rule.metric).map_err(|e| within("rule.", e))?;
     let filter = rule.filter.unwrap_or_default();
     let filter = Filter::new(

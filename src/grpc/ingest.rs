@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert;
 use super::proto::ingest_service_server::IngestService;
 use super::proto::*;
+use crate::auth::Caller;
 use crate::config::IngestLimits;
 use crate::db::ingest::{IdCache, upsert_users, write_events};
 use crate::db::replica::WriteLsn;
@@ -24,6 +25,7 @@ use crate::db::{PgPool, connection};
 use crate::domain::event::{Clock, EventLimits, RawEvent, Rejection, ValidEvent, validate};
 use crate::domain::user::validate_user;
 use crate::error::Error;
+use crate::limits::KeyLimits;
 use crate::telemetry::Metrics;
 
 /// Most events the writer coalesces into one statement.
@@ -43,6 +45,8 @@ pub struct IngestState {
     /// The retention period (`--retention-days`), if any: older events are
     /// rejected, since their raw rows (and so their dedup) may be gone.
     pub retention: Option<chrono::TimeDelta>,
+    /// Per-key events/s and concurrent stream limits.
+    pub key_limits: Arc<KeyLimits>,
 }
 
 /// Receives events and users.
@@ -153,7 +157,9 @@ fn stream_error(status: Status, max_message_bytes: usize) -> Status {
             status.message()
         ));
     }
-    status
+    // A message that is not valid protobuf (`data` nested past the decoder's
+    // recursion limit, invalid UTF-8) is the client's input, not our bug.
+    super::decode_errors::contract_status(&status).unwrap_or(status)
 }
 
 #[tonic::async_trait]
@@ -163,6 +169,12 @@ impl IngestService for IngestApi {
         request: Request<Streaming<IngestEventsRequest>>,
     ) -> Result<Response<IngestEventsResponse>, Status> {
         let state = self.state.clone();
+        // Set by the auth layer when the call came with a key.
+        let caller = request.extensions().get::<Caller>().copied();
+        let _stream_slot = caller
+            .map(|c| state.key_limits.open_stream(c.key_id))
+            .transpose()
+            .map_err(|exceeded| exceeded.into_status())?;
         let _in_flight = InFlight::new(state.metrics.clone());
         let limits = state.limits.clone();
         let event_limits = EventLimits {
@@ -193,6 +205,14 @@ impl IngestService for IngestApi {
                     message.events.len(),
                     limits.max_events_per_message
                 )));
+                break;
+            }
+            if let Some(caller) = caller
+                && let Err(exceeded) = state
+                    .key_limits
+                    .take_events(caller.key_id, message.events.len() as u64)
+            {
+                failure = Some(exceeded.into_status());
                 break;
             }
             let sent_at = match &message.sent_at {

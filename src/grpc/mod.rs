@@ -6,7 +6,12 @@
 //! below this module knows about tonic.
 
 pub mod alerts;
+pub mod auth;
 pub mod convert;
+pub mod deadline;
+pub mod decode_errors;
+#[cfg(test)]
+mod fuzz;
 pub mod ingest;
 pub mod observe;
 pub mod query;

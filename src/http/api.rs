@@ -53,7 +53,7 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %detail, "internal error");
                 "internal error (details are in the server log)".to_owned()
             }
-            other => other.to_string(),
+            other => crate::error::client_message(other.to_string()),
         };
         // The gRPC code's canonical name, so both APIs name errors alike.
         let code = match &self.0 {
@@ -61,6 +61,9 @@ impl IntoResponse for ApiError {
             Error::NotFound(_) => "NOT_FOUND",
             Error::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
             Error::Unavailable(_) => "UNAVAILABLE",
+            Error::Unauthenticated(_) => "UNAUTHENTICATED",
+            Error::PermissionDenied(_) => "PERMISSION_DENIED",
+            Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
             Error::Unimplemented(_) => "UNIMPLEMENTED",
             Error::Internal(_) => "INTERNAL",
         };

@@ -18,8 +18,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::auth::KeySet;
 use crate::db::PgPool;
+use crate::domain::key::Scope;
 use crate::grpc::query::QueryApi;
+use crate::limits::KeyLimits;
 use crate::telemetry::{HttpLabels, Metrics};
 
 /// What HTTP handlers share.
@@ -30,6 +33,10 @@ pub struct HttpState {
     pub pool: PgPool,
     /// GetMetrics itself, so the dashboard's numbers are GetMetrics' numbers.
     pub query: QueryApi,
+    /// The API keys; `/api/v1/*` needs scope `query`.
+    pub keys: Arc<KeySet>,
+    /// Every `/api/v1` request with a key takes one query of its budget.
+    pub key_limits: Arc<KeyLimits>,
 }
 
 /// Every HTTP route.
@@ -38,7 +45,11 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(api::metrics))
         .route("/alerts/rules", get(api::rules))
         .route("/alerts/notifications", get(api::notifications))
-        .fallback(api::not_found);
+        .fallback(api::not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_query_key,
+        ));
     Router::new()
         .route("/", get(dashboard::index))
         .route("/assets/app.js", get(dashboard::app_js))
@@ -71,6 +82,48 @@ async fn observe(State(state): State<HttpState>, request: Request, next: Next) -
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The dashboard API needs a key of scope `query` (or `admin`) once keys
+/// exist; the page and `/metrics` stay open. Refusals are the API's JSON
+/// errors (401 with `www-authenticate: Bearer`, 403, 429 with
+/// `retry-after` past the key's queries/s).
+async fn require_query_key(
+    State(state): State<HttpState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match state.keys.authorize(header, Scope::Query) {
+        Ok(Some(caller)) => match state.key_limits.take_query(caller.key_id) {
+            Ok(()) => next.run(request).await,
+            Err(exceeded) => {
+                let retry_after = exceeded.retry_after_seconds();
+                let mut response =
+                    api::ApiError::from(crate::error::Error::ResourceExhausted(exceeded.message))
+                        .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+                response
+            }
+        },
+        Ok(None) => next.run(request).await,
+        Err(error) => {
+            let unauthenticated = matches!(error, crate::error::Error::Unauthenticated(_));
+            let mut response = api::ApiError::from(error).into_response();
+            if unauthenticated {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            response
+        }
+    }
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {

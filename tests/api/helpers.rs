@@ -136,6 +136,16 @@ impl TestDatabase {
         Self { name, url }
     }
 
+    /// Stores a new API key of `scope`; returns its id and the key.
+    pub async fn create_key(&self, scope: pulse::domain::key::Scope) -> (uuid::Uuid, String) {
+        let key = pulse::domain::key::NewKey::generate();
+        let mut conn = self.connect().await;
+        let id = pulse::db::keys::create(&mut conn, "test", scope, &key.hash)
+            .await
+            .expect("store a key");
+        (id, key.secret)
+    }
+
     /// A direct connection, for assertions on stored rows.
     pub async fn connect(&self) -> AsyncPgConnection {
         AsyncPgConnection::establish(&self.url)
@@ -277,11 +287,25 @@ impl Drop for TestApp {
 
 /// A minimal HTTP/1.1 GET over a real socket.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_with(addr, path, &[]).await
+}
+
+/// [`http_get`] with extra request headers.
+pub async fn http_get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect http");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("read");

@@ -65,7 +65,7 @@ fn ids(n: usize) -> Vec<Uuid> {
     (0..n).map(|_| Uuid::now_v7()).collect()
 }
 
-async fn count(db: &TestDatabase, table: &str) -> i64 {
+pub async fn count(db: &TestDatabase, table: &str) -> i64 {
     #[derive(QueryableByName)]
     struct N {
         #[diesel(sql_type = diesel::sql_types::BigInt)]

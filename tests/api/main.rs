@@ -1,11 +1,15 @@
 //! Black-box tests: each test gets a fresh database cloned from a migrated
 //! template and a Pulse server on port 0, and talks to it over a real socket.
 
+mod abuse;
 mod alerts;
 mod dashboard;
 mod foundation;
 mod helpers;
+mod hostile;
 mod ingest;
 mod maintenance;
 mod metrics;
 mod replica;
+mod security;
+mod tls;
