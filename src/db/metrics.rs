@@ -29,7 +29,7 @@ use roaring::RoaringTreemap;
 
 use crate::domain::metric::{
     CountSeries, Dimension, Metric, MetricQuery, Plan, SeriesValues, Source, TypeSelection,
-    UserSeries, plan,
+    UserSeries, ceil_to, floor_to, plan,
 };
 use crate::error::{Error, Result};
 
@@ -265,18 +265,80 @@ pub async fn get_metrics(
     let buckets = q.bucket_starts().len();
     let grouped = q.group_by != Dimension::None;
     let source = q.source();
+    let rollups = matches!(
+        source,
+        Source::Types(_) | Source::Pages | Source::Products | Source::UserSets(_)
+    );
+    if rollups && floor_to(q.end, 60) != q.end {
+        // An `end` inside a minute means a raw read of that partial minute,
+        // which under heavy ingest is the whole current minute (345k rows,
+        // 213 ms measured at 8.5k events/s). When no event lies between
+        // `end` and the end of its minute (the usual case: `end` is "now"),
+        // the whole minute from the rollups is the same answer. The check
+        // and the reads share one snapshot, so an event arriving in between
+        // cannot be counted wrongly.
+        let (series, used) = conn
+            .build_transaction()
+            .read_only()
+            .repeatable_read()
+            .run::<_, Error, _>(async |conn| {
+                let extend = nothing_after(conn, q.end).await?;
+                rollup_answer(conn, cache, q, &source, buckets, extend).await
+            })
+            .await?;
+        return Ok((series, false, used));
+    }
     let (series, used) = match &source {
         Source::Empty => (
             CountSeries::new(buckets).finish(grouped, q.limit),
             CacheUse::Bypass,
         ),
-        Source::Types(_) | Source::Pages | Source::Products => {
-            counts(conn, cache, q, &source, buckets).await?
-        }
-        Source::UserSets(types) => user_sets(conn, cache, q, types, buckets).await?,
         Source::Raw => (raw(conn, q, buckets).await?, CacheUse::Bypass),
+        _ => rollup_answer(conn, cache, q, &source, buckets, false).await?,
     };
     Ok((series, false, used))
+}
+
+async fn rollup_answer(
+    conn: &mut AsyncPgConnection,
+    cache: &QueryCache,
+    q: &MetricQuery,
+    source: &Source,
+    buckets: usize,
+    extend_end: bool,
+) -> Result<(Vec<SeriesValues>, CacheUse)> {
+    match source {
+        Source::UserSets(types) => user_sets(conn, cache, q, types, buckets, extend_end).await,
+        _ => counts(conn, cache, q, source, buckets, extend_end).await,
+    }
+}
+
+/// True when no event lies in `[end, end of its minute)`.
+async fn nothing_after(conn: &mut AsyncPgConnection, end: DateTime<Utc>) -> Result<bool> {
+    #[derive(QueryableByName)]
+    struct Empty {
+        #[diesel(sql_type = Bool)]
+        empty: bool,
+    }
+    let row: Empty = diesel::sql_query(
+        r#"SELECT NOT EXISTS (SELECT 1 FROM events WHERE "timestamp" >= $1 AND "timestamp" < $2) AS empty"#,
+    )
+    .bind::<Timestamptz, _>(end)
+    .bind::<Timestamptz, _>(ceil_to(end, 60))
+    .get_result(conn)
+    .await?;
+    Ok(row.empty)
+}
+
+/// The plan of a rollup read; with `extend_end`, the partial last minute is
+/// read whole from rollups and deltas (see [`get_metrics`]).
+fn plan_of(q: &MetricQuery, extend_end: bool) -> Plan {
+    let end = if extend_end {
+        ceil_to(q.end, 60)
+    } else {
+        q.end
+    };
+    plan(q.start, end, q.max_resolution())
 }
 
 /// The output bucket of a row; TOTAL rows all land in the one bucket (a
@@ -320,8 +382,9 @@ async fn counts(
     q: &MetricQuery,
     source: &Source,
     buckets: usize,
+    extend_end: bool,
 ) -> Result<(Vec<SeriesValues>, CacheUse)> {
-    let plan = plan(q.start, q.end, q.max_resolution());
+    let plan = plan_of(q, extend_end);
     let key = CacheKey::new(q, &plan);
     if let Some((generation, entry)) = cache.get(&key)
         && let Cached::Counts(cached) = &*entry
@@ -527,8 +590,9 @@ async fn user_sets(
     q: &MetricQuery,
     types: &TypeSelection,
     buckets: usize,
+    extend_end: bool,
 ) -> Result<(Vec<SeriesValues>, CacheUse)> {
-    let plan = plan(q.start, q.end, q.max_resolution());
+    let plan = plan_of(q, extend_end);
     let key = CacheKey::new(q, &plan);
     let grouped = q.group_by == Dimension::EventType;
     let assemble = |sets: &UserPart, users: LiveUsers| {
