@@ -4,6 +4,7 @@
 mod abuse;
 mod alerts;
 mod dashboard;
+mod faults;
 mod foundation;
 mod helpers;
 mod hostile;
