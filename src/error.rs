@@ -80,11 +80,6 @@ impl Error {
             Error::Internal(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
-
-    /// True when the client may retry the same request later.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unavailable(_))
-    }
 }
 
 impl From<Error> for tonic::Status {

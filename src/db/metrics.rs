@@ -354,14 +354,20 @@ fn index_of(q: &MetricQuery, t: DateTime<Utc>) -> Option<usize> {
     }
 }
 
-fn collect_counts(q: &MetricQuery, buckets: usize, rows: Vec<CountRow>) -> Vec<SeriesValues> {
+/// Sums rows into series and keeps the top `limit` groups.
+fn collect_counts(
+    q: &MetricQuery,
+    buckets: usize,
+    rows: Vec<CountRow>,
+    limit: u32,
+) -> Vec<SeriesValues> {
     let mut series = CountSeries::new(buckets);
     for row in rows {
         if let Some(i) = index_of(q, row.bucket) {
             series.add(&row.grp, i, row.value);
         }
     }
-    series.finish(q.group_by != Dimension::None, q.limit)
+    series.finish(q.group_by != Dimension::None, limit)
 }
 
 /// Splits statement output into (generation, rollup part, live part).
@@ -420,7 +426,7 @@ async fn counts(
     cache.put(key, generation, Cached::Counts(part), bytes);
     let mut all = rollup;
     all.extend(live);
-    Ok((collect_counts(q, buckets, all), CacheUse::Miss))
+    Ok((collect_counts(q, buckets, all, q.limit), CacheUse::Miss))
 }
 
 /// The plan PostgreSQL runs for "events per minute by type" over
@@ -780,7 +786,7 @@ async fn raw(
     };
     if q.metric != Metric::UniqueUsers {
         let rows = run(conn, granularity_secs(q)).await?;
-        return Ok(collect_counts(q, buckets, rows));
+        return Ok(collect_counts(q, buckets, rows, q.limit));
     }
     // Distinct users do not add up across buckets: the totals are a second
     // read of the same snapshot.
@@ -792,15 +798,7 @@ async fn raw(
         .run::<_, Error, _>(async |conn| Ok((run(conn, secs).await?, run(conn, 0).await?)))
         .await?;
     // Rank by distinct totals, not by the sum of per-bucket counts.
-    let mut series = {
-        let mut all = CountSeries::new(buckets);
-        for row in points {
-            if let Some(i) = q.bucket_index(row.bucket) {
-                all.add(&row.grp, i, row.value);
-            }
-        }
-        all.finish(grouped, u32::MAX)
-    };
+    let mut series = collect_counts(q, buckets, points, u32::MAX);
     let mut total_of = std::collections::HashMap::new();
     for row in totals {
         total_of.insert(
