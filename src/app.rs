@@ -17,7 +17,6 @@ use crate::alerts::hub::Hub;
 use crate::auth::{self, KeySet};
 use crate::config::{DatabaseSettings, ServeSettings};
 use crate::db::ingest::IdCache;
-use crate::db::metrics::QueryCache;
 use crate::db::replica::{ReadPools, WriteLsn};
 use crate::db::{self, PgPool};
 use crate::error::{Error, Result};
@@ -32,6 +31,7 @@ use crate::grpc::{
 };
 use crate::http::{self, HttpState};
 use crate::limits::KeyLimits;
+use crate::query::Engine;
 use crate::telemetry::Metrics;
 use crate::tls::TlsFiles;
 
@@ -195,7 +195,10 @@ impl App {
                 .listen(settings.database.url.clone(), feed_start),
         );
         // GetMetrics and the evaluator share the rollup answers they cache.
-        let query_cache = Arc::new(QueryCache::new(settings.query_cache_bytes));
+        let query_cache = Arc::new(Engine::new(
+            settings.query_cache_bytes,
+            settings.query_memory_bytes,
+        ));
         let evaluator_task = tokio::spawn(crate::alerts::evaluator::run(
             EvaluatorSettings {
                 database_url: settings.database.url.clone(),

@@ -203,6 +203,12 @@ pub struct ServeSettings {
     #[arg(long = "query-cache-bytes", env = "PULSE_QUERY_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub query_cache_bytes: usize,
 
+    /// Rollup data one GetMetrics request may hold, in bytes: a request
+    /// that needs more (e.g. minute series over a week of a dimension with
+    /// very many values) is refused with RESOURCE_EXHAUSTED.
+    #[arg(long = "query-memory-bytes", env = "PULSE_QUERY_MEMORY_BYTES", default_value_t = 48 * 1024 * 1024)]
+    pub query_memory_bytes: usize,
+
     /// How often the evaluating instance evaluates every alert rule.
     #[arg(long = "alert-interval", env = "PULSE_ALERT_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     pub alert_interval: Duration,
@@ -309,6 +315,7 @@ impl ServeSettings {
             shutdown_grace: Duration::from_secs(10),
             rollup_interval: Duration::from_millis(500),
             query_cache_bytes: 32 * 1024 * 1024,
+            query_memory_bytes: 48 * 1024 * 1024,
             alert_interval: Duration::from_millis(500),
             alert_feed_capacity: 1024,
             alert_clock: SharedClock::default(),

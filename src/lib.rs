@@ -13,6 +13,8 @@
 //!   [`http`] serves `/metrics` and the dashboard.
 //! * [`domain`] holds validated types and rules, with no I/O.
 //! * [`db`] is storage: the pool, migrations, and one function per query.
+//! * [`query`] answers metric queries for every transport: the plan, the
+//!   bucket cache, the merge into ranked series.
 //! * [`bench`] is `pulse bench-queries`, the GetMetrics latency benchmark.
 //! * [`jobs`] are background loops of `serve` (rollup folding).
 //! * [`alerts`] runs alerting inside `serve`: the evaluator (one instance
@@ -42,5 +44,6 @@ pub mod http;
 pub mod jobs;
 pub mod limits;
 pub mod loadgen;
+pub mod query;
 pub mod telemetry;
 pub mod tls;

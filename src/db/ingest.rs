@@ -37,6 +37,8 @@ pub struct IdCache {
     types: RwLock<HashMap<String, i16>>,
     users: Mutex<HashMap<String, i64>>,
     max_users: usize,
+    /// `dimension_values` ids by (dimension, value); bounded like users.
+    values: Mutex<HashMap<(i16, String), i32>>,
 }
 
 impl IdCache {
@@ -45,6 +47,7 @@ impl IdCache {
             types: RwLock::default(),
             users: Mutex::default(),
             max_users,
+            values: Mutex::default(),
         }
     }
 
@@ -60,6 +63,27 @@ impl IdCache {
         if let Ok(mut types) = self.types.write() {
             for (id, name) in found {
                 types.insert(name.clone(), *id);
+            }
+        }
+    }
+
+    fn value_id(&self, dimension: i16, value: &str) -> Option<i32> {
+        // The key is owned; a lookup by borrowed parts would need a
+        // custom key type for a cost that does not show.
+        self.values
+            .lock()
+            .ok()?
+            .get(&(dimension, value.to_owned()))
+            .copied()
+    }
+
+    fn remember_values(&self, dimension: i16, found: &[(i32, String)]) {
+        if let Ok(mut values) = self.values.lock() {
+            if values.len() + found.len() > self.max_users {
+                values.clear();
+            }
+            for (id, value) in found {
+                values.insert((dimension, value.clone()), *id);
             }
         }
     }
@@ -104,6 +128,26 @@ pub async fn write_events(
 
     let type_ids = resolve_types(conn, cache, events).await?;
     let user_ids = resolve_users(conn, cache, events).await?;
+    let pages = resolve_values(
+        conn,
+        cache,
+        PAGES,
+        events.iter().filter_map(|e| match &e.detail {
+            Detail::Pageview { page_url } => Some(page_url.as_str()),
+            _ => None,
+        }),
+    )
+    .await?;
+    let products = resolve_values(
+        conn,
+        cache,
+        PRODUCTS,
+        events.iter().filter_map(|e| match &e.detail {
+            Detail::Purchase { product_id, .. } => Some(product_id.as_str()),
+            _ => None,
+        }),
+    )
+    .await?;
 
     let n = events.len();
     let mut ids = Vec::with_capacity(n);
@@ -113,8 +157,10 @@ pub async fn write_events(
     let mut data: Vec<Option<serde_json::Value>> = Vec::with_capacity(n);
     let mut pv_ids = Vec::new();
     let mut pv_urls: Vec<&str> = Vec::new();
+    let mut pv_values: Vec<i32> = Vec::new();
     let mut pu_ids = Vec::new();
     let mut pu_products: Vec<&str> = Vec::new();
+    let mut pu_values: Vec<i32> = Vec::new();
     let mut pu_quantities: Vec<i32> = Vec::new();
     let mut pu_amounts: Vec<&BigDecimal> = Vec::new();
     for event in events.iter() {
@@ -128,6 +174,7 @@ pub async fn write_events(
             Detail::Pageview { page_url } => {
                 pv_ids.push(event.event_id);
                 pv_urls.push(page_url);
+                pv_values.push(pages[page_url.as_str()]);
             }
             Detail::Purchase {
                 product_id,
@@ -136,6 +183,7 @@ pub async fn write_events(
             } => {
                 pu_ids.push(event.event_id);
                 pu_products.push(product_id);
+                pu_values.push(products[product_id.as_str()]);
                 pu_quantities.push(*quantity);
                 pu_amounts.push(amount);
             }
@@ -157,6 +205,8 @@ pub async fn write_events(
             .bind::<Array<Text>, _>(&pu_products)
             .bind::<Array<Int4>, _>(&pu_quantities)
             .bind::<Array<Numeric>, _>(&pu_amounts)
+            .bind::<Array<Int4>, _>(&pv_values)
+            .bind::<Array<Int4>, _>(&pu_values)
             .load::<InsertedRow>(conn)
             .await;
         match result {
@@ -173,43 +223,50 @@ pub async fn write_events(
     }
 }
 
-/// The batch statement. `$1..$5` are the events, `$6..$7` the pageviews,
-/// `$8..$11` the purchases. Everything downstream of `ins` sees only the
-/// events that were new, so a duplicate leaves no trace: details are
-/// inserted for them alone, and the rollup deltas (see `db/rollups.rs`)
-/// count them alone, in the same statement and so the same transaction.
+/// The batch statement. `$1..$5` are the events, `$6..$7` the pageviews
+/// with `$12` their page ids, `$8..$11` the purchases with `$13` their
+/// product ids (`dimension_values.value_id`). Everything downstream of `ins`
+/// sees only the events that were new, so a duplicate leaves no trace:
+/// details are inserted for them alone, and the rollup deltas (see
+/// `db/rollups.rs`) count them alone, in the same statement and so the
+/// same transaction.
 const INSERT_EVENTS: &str = r#"
 WITH ins AS (
     INSERT INTO events (event_id, "timestamp", user_id, event_type_id, data)
     SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int8[], $4::int2[], $5::jsonb[])
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id, user_id, date_trunc('minute', "timestamp", 'UTC') AS minute, event_type_id
+), pv_new AS (
+    SELECT d.event_id, d.page_url, d.value_id, ins.user_id, ins.minute, ins.event_type_id
+    FROM unnest($6::uuid[], $7::text[], $12::int4[]) AS d(event_id, page_url, value_id)
+    JOIN ins USING (event_id)
+), pu_new AS (
+    SELECT d.event_id, d.product_id, d.quantity, d.amount, d.value_id, ins.user_id, ins.minute, ins.event_type_id
+    FROM unnest($8::uuid[], $9::text[], $10::int4[], $11::numeric[], $13::int4[])
+        AS d(event_id, product_id, quantity, amount, value_id)
+    JOIN ins USING (event_id)
 ), pv AS (
     INSERT INTO pageviews (event_id, user_id, page_url)
-    SELECT d.event_id, ins.user_id, d.page_url
-    FROM unnest($6::uuid[], $7::text[]) AS d(event_id, page_url)
-    JOIN ins USING (event_id)
-    RETURNING event_id, page_url
+    SELECT event_id, user_id, page_url FROM pv_new
 ), pu AS (
     INSERT INTO purchases (event_id, user_id, product_id, quantity, amount)
-    SELECT d.event_id, ins.user_id, d.product_id, d.quantity, d.amount
-    FROM unnest($8::uuid[], $9::text[], $10::int4[], $11::numeric[])
-        AS d(event_id, product_id, quantity, amount)
-    JOIN ins USING (event_id)
-    RETURNING event_id, product_id, quantity, amount
-), type_deltas AS (
-    INSERT INTO rollup_type_deltas (minute, event_type_id, events)
-    SELECT minute, event_type_id, count(*) FROM ins GROUP BY 1, 2
-), page_deltas AS (
-    INSERT INTO rollup_page_deltas (minute, page_url, pageviews)
-    SELECT ins.minute, pv.page_url, count(*) FROM pv JOIN ins USING (event_id) GROUP BY 1, 2
-), product_deltas AS (
-    INSERT INTO rollup_product_deltas (minute, product_id, purchases, quantity, revenue)
-    SELECT ins.minute, pu.product_id, count(*), sum(pu.quantity), sum(pu.amount)
-    FROM pu JOIN ins USING (event_id) GROUP BY 1, 2
-), user_deltas AS (
-    INSERT INTO rollup_user_deltas (minute, event_type_id, user_id)
-    SELECT DISTINCT minute, event_type_id, user_id FROM ins WHERE user_id IS NOT NULL
+    SELECT event_id, user_id, product_id, quantity, amount FROM pu_new
+), count_deltas AS (
+    INSERT INTO rollup_count_deltas (minute, dimension, value_id, event_type_id, events, quantity, revenue)
+    SELECT ins.minute, 0, 0, ins.event_type_id, count(*), coalesce(sum(p.quantity), 0), coalesce(sum(p.amount), 0)
+    FROM ins LEFT JOIN pu_new p USING (event_id) GROUP BY ins.minute, ins.event_type_id
+    UNION ALL
+    SELECT minute, 1, value_id, event_type_id, count(*), 0, 0 FROM pv_new GROUP BY minute, value_id, event_type_id
+    UNION ALL
+    SELECT minute, 2, value_id, event_type_id, count(*), sum(quantity), sum(amount)
+    FROM pu_new GROUP BY minute, value_id, event_type_id
+), set_deltas AS (
+    INSERT INTO rollup_set_deltas (minute, dimension, value_id, event_type_id, user_id)
+    SELECT DISTINCT minute, 0, 0, event_type_id, user_id FROM ins WHERE user_id IS NOT NULL
+    UNION ALL
+    SELECT DISTINCT minute, 1, value_id, event_type_id, user_id FROM pv_new WHERE user_id IS NOT NULL
+    UNION ALL
+    SELECT DISTINCT minute, 2, value_id, event_type_id, user_id FROM pu_new WHERE user_id IS NOT NULL
 )
 SELECT event_id FROM ins
 "#;
@@ -271,6 +328,79 @@ async fn resolve_types(
     }
     cache.remember_types(&found);
     resolved.extend(found.into_iter().map(|(id, name)| (name, id)));
+    Ok(resolved)
+}
+
+/// The `dimension_values` codes of pages and products (see
+/// `domain::metric::Dimension::rollup_code`).
+const PAGES: i16 = 1;
+const PRODUCTS: i16 = 2;
+
+/// Dictionary ids of the batch's values of one dimension, registering new
+/// ones (in sorted order, without spending identity values on conflicts).
+async fn resolve_values<'a>(
+    conn: &mut AsyncPgConnection,
+    cache: &IdCache,
+    dimension: i16,
+    values: impl Iterator<Item = &'a str>,
+) -> Result<HashMap<&'a str, i32>> {
+    let mut resolved: HashMap<&str, i32> = HashMap::new();
+    let mut missing: Vec<&str> = Vec::new();
+    for value in values {
+        if resolved.contains_key(value) {
+            continue;
+        }
+        match cache.value_id(dimension, value) {
+            Some(id) => {
+                resolved.insert(value, id);
+            }
+            None => missing.push(value),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(resolved);
+    }
+    missing.sort_unstable();
+    missing.dedup();
+    #[derive(QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = Int4)]
+        value_id: i32,
+        #[diesel(sql_type = Text)]
+        value: String,
+    }
+    diesel::sql_query(
+        "INSERT INTO dimension_values (dimension, value)
+         SELECT $1, x FROM unnest($2::text[]) AS x
+         WHERE NOT EXISTS (SELECT 1 FROM dimension_values v WHERE v.dimension = $1 AND v.value = x)
+         ORDER BY x
+         ON CONFLICT (dimension, value) DO NOTHING",
+    )
+    .bind::<Int2, _>(dimension)
+    .bind::<Array<Text>, _>(&missing)
+    .execute(conn)
+    .await?;
+    let found: Vec<Found> = diesel::sql_query(
+        "SELECT value_id, value FROM dimension_values WHERE dimension = $1 AND value = ANY($2)",
+    )
+    .bind::<Int2, _>(dimension)
+    .bind::<Array<Text>, _>(&missing)
+    .load(conn)
+    .await?;
+    if found.len() != missing.len() {
+        return Err(Error::Internal(
+            "a dimension value vanished while being registered".into(),
+        ));
+    }
+    let found: Vec<(i32, String)> = found.into_iter().map(|f| (f.value_id, f.value)).collect();
+    cache.remember_values(dimension, &found);
+    let by_value: HashMap<&str, i32> = found.iter().map(|(id, v)| (v.as_str(), *id)).collect();
+    for value in missing {
+        let id = by_value.get(value).copied().ok_or_else(|| {
+            Error::Internal("a dimension value vanished while being registered".into())
+        })?;
+        resolved.insert(value, id);
+    }
     Ok(resolved)
 }
 

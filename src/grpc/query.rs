@@ -7,11 +7,11 @@ use super::proto::query_service_server::QueryService;
 use super::proto::{self, GetMetricsRequest, GetMetricsResponse, Point, Series};
 use std::sync::Arc;
 
-use crate::db::metrics::{CacheUse, QueryCache};
+use crate::db::PgPool;
 use crate::db::replica::{ReadPools, ReadRoute};
-use crate::db::{PgPool, metrics};
 use crate::domain::metric::{Dimension, Filter, Granularity, Metric, MetricQuery, SeriesValues};
 use crate::error::Error;
+use crate::query::Engine;
 use crate::telemetry::Metrics;
 
 /// Serves metric queries.
@@ -19,8 +19,9 @@ use crate::telemetry::Metrics;
 pub struct QueryApi {
     /// The primary, and a streaming replica if configured.
     reads: Arc<ReadPools>,
-    /// Rollup parts of recent answers (never stale: see `db/metrics.rs`).
-    cache: Arc<QueryCache>,
+    /// Answers queries, with the rollup buckets it caches (never stale:
+    /// see `query/cache.rs`).
+    engine: Arc<Engine>,
     metrics: Arc<Metrics>,
     /// Longest `filter.page_url` accepted (the ingest limit).
     max_string_bytes: usize,
@@ -29,13 +30,13 @@ pub struct QueryApi {
 impl QueryApi {
     pub fn new(
         pool: PgPool,
-        cache: Arc<QueryCache>,
+        engine: Arc<Engine>,
         metrics: Arc<Metrics>,
         max_string_bytes: usize,
     ) -> Self {
         Self {
             reads: Arc::new(ReadPools::primary_only(pool)),
-            cache,
+            engine,
             metrics,
             max_string_bytes,
         }
@@ -133,15 +134,10 @@ impl QueryApi {
         if route != ReadRoute::Primary {
             self.metrics.count_replica_read(route.label());
         }
-        let (series, approximate, cache_use) =
-            metrics::get_metrics(&mut conn, &self.cache, query).await?;
+        let answer = self.engine.answer(&mut conn, query).await?;
         drop(conn);
-        self.metrics.count_query_cache(match cache_use {
-            CacheUse::Hit => "hit",
-            CacheUse::Miss => "miss",
-            CacheUse::Bypass => "bypass",
-        });
-        Ok((series, approximate))
+        self.metrics.count_query_cache(answer.cache.label());
+        Ok((answer.series, answer.approximate))
     }
 
     /// Longest `filter.page_url` this API accepts.

@@ -223,7 +223,8 @@ async fn hand_computed_answers_before_and_after_folding() {
         assert!(
             (values[10] - 19.99).abs() < 1e-9
                 && (values[11] - 5.01).abs() < 1e-9
-                && (values[23] - 0.02).abs() < 1e-9
+                && (values[23] - 0.02).abs() < 1e-9,
+            "folded={folded} {values:?}"
         );
         assert!((r.series[0].total - 25.02).abs() < 1e-9);
 
@@ -991,12 +992,18 @@ async fn dashboard_queries_read_rollups_not_raw_events() {
     // The statement GetMetrics runs for "events per minute by type over 24 h"
     // (minute-aligned) touches no raw table; EXPLAIN shows the plan.
     let mut conn = app.db.connect().await;
-    let plan = pulse::db::metrics::explain_types_query(&mut conn, at(4, 10, 0, 0), at(5, 10, 0, 0))
+    let plan = pulse::db::metrics::explain_bucket_read(&mut conn, at(4, 10, 0, 0), at(5, 10, 0, 0))
         .await
         .expect("explain");
-    assert!(plan.contains("rollup_type_counts"), "{plan}");
-    // The raw edges are empty ranges on an aligned request: any scan of
-    // events is a never-executed branch.
+    assert!(plan.contains("rollup_counts"), "{plan}");
+    assert!(!plan.contains(" on events"), "{plan}");
+    // The live part of an aligned request: pending deltas, and raw edges
+    // that are empty ranges, so any scan of events is a never-executed
+    // branch or finds nothing.
+    let plan = pulse::db::metrics::explain_live_read(&mut conn, at(4, 10, 0, 0), at(5, 10, 0, 0))
+        .await
+        .expect("explain");
+    assert!(plan.contains("rollup_count_deltas"), "{plan}");
     for line in plan
         .lines()
         .filter(|l| l.contains(" on events") || l.contains(" on pageviews"))
