@@ -3,9 +3,11 @@
 
 mod abuse;
 mod alerts;
+mod cli;
 mod dashboard;
 mod faults;
 mod foundation;
+mod health;
 mod helpers;
 mod hostile;
 mod ingest;
