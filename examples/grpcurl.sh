@@ -9,7 +9,8 @@
 set -euo pipefail
 ADDR="${1:-127.0.0.1:50051}"
 GRPCURL="${GRPCURL:-grpcurl}"
-g() { "$GRPCURL" -plaintext "$@"; }
+# -emit-defaults: print zero values too ("duplicates": "0"), not leave them out.
+g() { "$GRPCURL" -plaintext -emit-defaults "$@"; }
 step() { printf '\n== %s\n' "$*"; }
 
 step "list services (reflection)"

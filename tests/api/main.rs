@@ -5,6 +5,7 @@ mod abuse;
 mod alerts;
 mod cli;
 mod dashboard;
+mod docs;
 mod faults;
 mod foundation;
 mod health;
