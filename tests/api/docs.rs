@@ -153,7 +153,9 @@ async fn the_readme_first_steps_work_as_pasted_against_a_fresh_server() {
     let output = tokio::task::spawn_blocking(move || {
         Command::new("bash")
             .args(["-euo", "pipefail", "-c"])
-            .arg(format!("grpcurl() {{ command \"$GRPCURL\" \"$@\"; }}\n{script}"))
+            .arg(format!(
+                "grpcurl() {{ command \"$GRPCURL\" \"$@\"; }}\n{script}"
+            ))
             .env("GRPCURL", grpcurl)
             .output()
             .expect("bash runs")
