@@ -123,6 +123,39 @@ async fn the_start_up_log_names_grpc_and_the_dashboard_url_without_colour_or_pas
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sigterm_right_after_the_start_up_log_still_shuts_down_cleanly() {
+    let db = TestDatabase::migrated().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args(["serve", "--grpc-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0"])
+        .env("DATABASE_URL", &db.url)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn pulse");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut log = String::new();
+    while let Some(line) = lines.next_line().await.expect("read log") {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("pulse serving") {
+            // At once: the handlers must be in place before this line.
+            let pid = child.id().expect("pid").to_string();
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill");
+        }
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("pulse exits")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}:\n{log}");
+    assert!(log.contains("shut down cleanly"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_port_in_use_stops_the_start_before_the_database_is_created() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let busy_addr = busy.local_addr().expect("addr").to_string();
