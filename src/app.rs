@@ -56,10 +56,14 @@ pub struct App {
 }
 
 impl App {
-    /// Creates the database if missing, applies pending migrations (unless
-    /// `no_migrate`), builds the pool, loads the API keys (refusing to listen
-    /// beyond loopback without one) and binds both listeners.
+    /// Binds both listeners, creates the database if missing, applies
+    /// pending migrations (unless `no_migrate`), builds the pool and loads
+    /// the API keys (refusing to listen beyond loopback without one).
     pub async fn build(settings: ServeSettings) -> Result<Self> {
+        // Bound first: a port in use stops the start before the database is
+        // created or migrated. Nothing is served until `run`.
+        let grpc_listener = bind(settings.grpc_addr, "gRPC").await?;
+        let http_listener = bind(settings.http_addr, "HTTP").await?;
         db::ensure_database(&settings.database.url).await?;
         if settings.no_migrate {
             let pending = db::migrations::pending(&settings.database.url).await?;
@@ -90,8 +94,6 @@ impl App {
         let exposed = addrs.iter().any(|a| !a.ip().is_loopback());
         let keys = KeySet::load(&pool, exposed).await?;
         auth::check_exposure(&keys, &addrs)?;
-        let grpc_listener = bind(settings.grpc_addr, "gRPC").await?;
-        let http_listener = bind(settings.http_addr, "HTTP").await?;
         Ok(Self {
             settings,
             grpc_listener,
@@ -289,6 +291,7 @@ impl App {
         tracing::info!(
             grpc_addr = %display_addr(grpc_addr),
             http_addr = %display_addr(http_addr),
+            dashboard = %dashboard_url(http_addr, tls.is_some()),
             tls = tls.is_some(),
             "pulse serving"
         );
@@ -367,30 +370,54 @@ fn display_addr(addr: Option<SocketAddr>) -> String {
     addr.map_or_else(|| "?".to_owned(), |a| a.to_string())
 }
 
+/// The dashboard's URL as a browser on this machine reaches it (a wildcard
+/// address such as 0.0.0.0 is reached through loopback).
+fn dashboard_url(addr: Option<SocketAddr>, tls: bool) -> String {
+    let Some(mut addr) = addr else {
+        return "?".to_owned();
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("{}://{addr}/", if tls { "https" } else { "http" })
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot bind the {what} listener to {addr}: {e}")))
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives
+/// between the start-up log and the first poll (`App::run` polls it last)
+/// still shuts down cleanly instead of killing the process.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {},
+                        _ = terminate.recv() => {},
+                    }
+                }
+                // No handler could be installed: wait for Ctrl-C alone.
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -28,6 +28,7 @@ pub struct BenchQueriesSettings {
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/pulse"
     )]
     pub database_url: String,
@@ -133,7 +134,7 @@ pub async fn run(settings: BenchQueriesSettings) -> Result<()> {
         Some(
             AsyncPgConnection::establish(&settings.database_url)
                 .await
-                .map_err(|e| Error::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?,
+                .map_err(|e| crate::db::cannot_connect(&settings.database_url, e))?,
         )
     };
     println!(

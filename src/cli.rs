@@ -91,6 +91,10 @@ pub enum KeysAction {
         /// A name for people: who or what holds the key.
         #[arg(long)]
         name: String,
+        /// Create it only if no active key exists; otherwise create nothing
+        /// and succeed (first-start automation, e.g. docker-compose.yml).
+        #[arg(long = "if-none")]
+        if_none: bool,
         #[command(flatten)]
         database: DatabaseSettings,
     },

@@ -52,9 +52,9 @@ pub async fn keys(action: KeysAction) -> Result<()> {
     use diesel_async::{AsyncConnection, AsyncPgConnection};
 
     let connect = |url: String| async move {
-        AsyncPgConnection::establish(&url).await.map_err(|e| {
-            crate::error::Error::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
-        })
+        AsyncPgConnection::establish(&url)
+            .await
+            .map_err(|e| db::cannot_connect(&url, e))
     };
     let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
         t.map_or_else(
@@ -66,12 +66,17 @@ pub async fn keys(action: KeysAction) -> Result<()> {
         KeysAction::Create {
             scope,
             name,
+            if_none,
             database,
         } => {
             let name = validate_name(&name)?;
             db::ensure_database(&database.url).await?;
             db::migrations::run_pending(&database.url).await?;
             let mut conn = connect(database.url).await?;
+            if if_none && !db::keys::active(&mut conn).await?.is_empty() {
+                println!("an active API key exists already (`pulse keys list`): none created");
+                return Ok(());
+            }
             let key = NewKey::generate();
             let id = db::keys::create(&mut conn, name, scope, &key.hash).await?;
             println!("created API key {id} ({}, scope {})", name, scope.as_str());
@@ -117,9 +122,7 @@ pub async fn rollups(action: RollupsAction) -> Result<()> {
             use diesel_async::AsyncConnection;
             let mut conn = diesel_async::AsyncPgConnection::establish(&database.url)
                 .await
-                .map_err(|e| {
-                    crate::error::Error::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
-                })?;
+                .map_err(|e| db::cannot_connect(&database.url, e))?;
             let started = std::time::Instant::now();
             let mut report = |day: chrono::DateTime<chrono::Utc>, rows: u64| {
                 println!("{}  {rows} delta rows folded", day.format("%Y-%m-%d"));

@@ -15,11 +15,14 @@ use crate::alerts::clock::SharedClock;
 
 /// Where the database is and how many connections Pulse may hold.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Database")]
 pub struct DatabaseSettings {
-    /// PostgreSQL URL. The database is created if it does not exist.
+    /// PostgreSQL URL; the database is created if missing. A password in it
+    /// is never shown (help, logs, errors).
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/pulse"
     )]
     pub url: String,
@@ -50,8 +53,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logging settings, shared by every subcommand.
+/// Logging settings, shared by every subcommand. Colours only when stderr
+/// is a terminal and `NO_COLOR` is unset.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Logging")]
 pub struct LogSettings {
     /// Log format.
     #[arg(long = "log-format", env = "PULSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -64,6 +69,7 @@ pub struct LogSettings {
 
 /// Limits on what clients may send. Every limit is enforced with a clear error.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Limits on what clients send")]
 pub struct IngestLimits {
     /// Largest gRPC message accepted, in bytes (RESOURCE_EXHAUSTED above it).
     #[arg(long = "max-message-bytes", env = "PULSE_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
@@ -113,6 +119,7 @@ impl Default for IngestLimits {
 /// Per-API-key abuse limits (per instance; 0 turns a limit off). Calls
 /// without a key (no key exists, loopback only) are not limited.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Per-API-key limits")]
 pub struct KeyLimitSettings {
     /// Ingest events per second per key (RESOURCE_EXHAUSTED with a retry hint above it).
     #[arg(
@@ -151,6 +158,7 @@ impl Default for KeyLimitSettings {
 
 /// Optional TLS for both listeners; both files or neither.
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "TLS")]
 pub struct TlsSettings {
     /// PEM certificate chain served on the gRPC and HTTP listeners.
     #[arg(long = "tls-cert", env = "PULSE_TLS_CERT")]
@@ -169,14 +177,16 @@ pub struct ServeSettings {
 
     /// Address of the gRPC listener (port 0 picks a free port).
     #[arg(
+        help_heading = "Listeners",
         long = "grpc-addr",
         env = "PULSE_GRPC_ADDR",
         default_value = "127.0.0.1:50051"
     )]
     pub grpc_addr: SocketAddr,
 
-    /// Address of the HTTP listener (dashboard, /metrics).
+    /// Address of the HTTP listener (dashboard, /metrics, /healthz, /readyz).
     #[arg(
+        help_heading = "Listeners",
         long = "http-addr",
         env = "PULSE_HTTP_ADDR",
         default_value = "127.0.0.1:8080"
@@ -184,38 +194,43 @@ pub struct ServeSettings {
     pub http_addr: SocketAddr,
 
     /// Do not run pending migrations at start (fail if any are pending).
-    #[arg(long = "no-migrate", env = "PULSE_NO_MIGRATE")]
+    #[arg(
+        long = "no-migrate",
+        env = "PULSE_NO_MIGRATE",
+        help_heading = "Database"
+    )]
     pub no_migrate: bool,
 
     /// How often the database is probed for the health service.
-    #[arg(long = "health-interval", env = "PULSE_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(help_heading = "Background work", long = "health-interval", env = "PULSE_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub health_interval: Duration,
 
     /// How long in-flight calls get to finish after SIGINT/SIGTERM.
-    #[arg(long = "shutdown-grace", env = "PULSE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(help_heading = "Background work", long = "shutdown-grace", env = "PULSE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
     /// How often pending rollup deltas are folded into the rollup tables.
-    #[arg(long = "rollup-interval", env = "PULSE_ROLLUP_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(help_heading = "Background work", long = "rollup-interval", env = "PULSE_ROLLUP_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     pub rollup_interval: Duration,
 
     /// Memory for the GetMetrics cache, in bytes (0 turns it off).
-    #[arg(long = "query-cache-bytes", env = "PULSE_QUERY_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    #[arg(help_heading = "Background work", long = "query-cache-bytes", env = "PULSE_QUERY_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub query_cache_bytes: usize,
 
     /// Rollup data one GetMetrics request may hold, in bytes: a request
     /// that needs more (e.g. minute series over a week of a dimension with
     /// very many values) is refused with RESOURCE_EXHAUSTED.
-    #[arg(long = "query-memory-bytes", env = "PULSE_QUERY_MEMORY_BYTES", default_value_t = 48 * 1024 * 1024)]
+    #[arg(help_heading = "Background work", long = "query-memory-bytes", env = "PULSE_QUERY_MEMORY_BYTES", default_value_t = 48 * 1024 * 1024)]
     pub query_memory_bytes: usize,
 
     /// How often the evaluating instance evaluates every alert rule.
-    #[arg(long = "alert-interval", env = "PULSE_ALERT_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(help_heading = "Background work", long = "alert-interval", env = "PULSE_ALERT_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     pub alert_interval: Duration,
 
     /// Live notifications buffered per instance; a WatchAlerts subscriber
     /// further behind than this is caught up from the table.
     #[arg(
+        help_heading = "Background work",
         long = "alert-feed-capacity",
         env = "PULSE_ALERT_FEED_CAPACITY",
         default_value_t = 1024
@@ -229,7 +244,7 @@ pub struct ServeSettings {
 
     /// How often the API keys are reloaded from the database (how soon a
     /// new or revoked key takes effect on this instance).
-    #[arg(long = "key-refresh-interval", env = "PULSE_KEY_REFRESH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(help_heading = "Background work", long = "key-refresh-interval", env = "PULSE_KEY_REFRESH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub key_refresh_interval: Duration,
 
     #[command(flatten)]
@@ -246,18 +261,24 @@ pub struct ServeSettings {
 
     /// PostgreSQL URL of a streaming replica for GetMetrics reads (none:
     /// every read goes to the primary). See ARCHITECTURE.md "Read replica".
-    #[arg(long = "read-database-url", env = "PULSE_READ_DATABASE_URL")]
+    #[arg(
+        long = "read-database-url",
+        env = "PULSE_READ_DATABASE_URL",
+        hide_env_values = true,
+        help_heading = "Read replica"
+    )]
     pub read_database_url: Option<String>,
 
     /// Longest wait for the replica to replay this instance's last write
     /// before a read falls back to the primary.
-    #[arg(long = "replica-wait", env = "PULSE_REPLICA_WAIT", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(help_heading = "Read replica", long = "replica-wait", env = "PULSE_REPLICA_WAIT", default_value = "200ms", value_parser = parse_duration)]
     pub replica_wait: Duration,
 }
 
 /// Scheduled maintenance jobs of `pulse serve` (each runs on one instance
 /// at a time). An interval or a retention of 0 turns the job off.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Maintenance jobs")]
 pub struct MaintenanceSettings {
     /// Raw events (and their pageview/purchase details) older than this many
     /// days are deleted; rollups are kept. 0 keeps raw events forever.

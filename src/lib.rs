@@ -22,7 +22,8 @@
 //! * [`auth`] is API-key authentication and [`limits`] the per-key rate
 //!   and stream limits, shared by both transports.
 //! * [`tls`] reads and checks the optional TLS certificate and key.
-//! * [`error`] is the error policy; [`telemetry`] is logging and metrics.
+//! * [`error`] is the error policy; [`telemetry`] is logging and metrics;
+//!   [`redact`] keeps passwords in database URLs out of what is printed.
 //! * [`loadgen`] is `pulse loadgen`: a deterministic event generator that
 //!   drives `IngestEvents` or writes the same rows as CSV for `psql \copy`.
 //! * [`demo`] is `pulse demo`: a server plus synthetic traffic and alert
@@ -45,5 +46,6 @@ pub mod jobs;
 pub mod limits;
 pub mod loadgen;
 pub mod query;
+pub mod redact;
 pub mod telemetry;
 pub mod tls;

@@ -23,7 +23,8 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("pulse: {error}");
+            // An error may quote a database URL: never its password.
+            eprintln!("pulse: {}", pulse::redact::secrets(&error.to_string()));
             ExitCode::FAILURE
         }
     }

@@ -53,6 +53,15 @@ pub fn build_pool(settings: &DatabaseSettings) -> Result<PgPool> {
         .map_err(|e| Error::Internal(format!("building the connection pool: {e}")))
 }
 
+/// The error of a failed connection to `url`, naming the server (the URL
+/// with its password hidden): the driver's own message names neither.
+pub fn cannot_connect(url: &str, error: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!(
+        "cannot connect to PostgreSQL at {}: {error}",
+        crate::redact::secrets(url)
+    ))
+}
+
 /// Takes a connection from the pool.
 pub async fn connection(pool: &PgPool) -> Result<PooledConnection> {
     Ok(pool.get().await?)
@@ -84,7 +93,7 @@ pub async fn ensure_database(url: &str) -> Result<()> {
     admin_url.set_path("/postgres");
     let mut conn = AsyncPgConnection::establish(admin_url.as_str())
         .await
-        .map_err(|e| Error::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        .map_err(|e| cannot_connect(admin_url.as_str(), e))?;
     if super::admin::database_exists(&mut conn, &name).await? {
         return Ok(());
     }

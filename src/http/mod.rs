@@ -1,11 +1,12 @@
-//! The HTTP transport: the web dashboard (`/`), its JSON API (`/api/v1/…`)
-//! and Prometheus `/metrics`.
+//! The HTTP transport: the web dashboard (`/`), its JSON API (`/api/v1/…`),
+//! Prometheus `/metrics` and the `/healthz` and `/readyz` probes.
 //!
 //! The JSON API answers through the same code as the gRPC services (see
 //! `api.rs`); nothing here queries the database by itself.
 
 pub mod api;
 pub mod dashboard;
+pub mod health;
 
 use std::sync::Arc;
 
@@ -56,6 +57,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/assets/app.css", get(dashboard::app_css))
         .route("/favicon.svg", get(dashboard::favicon))
         .route("/metrics", get(metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .nest("/api/v1", api)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)

@@ -4,7 +4,7 @@
 //!
 //! The tests that drive an outside program (node + Chromium, Prometheus,
 //! python3 + grpcio, grpcurl) fail with the install command when it is
-//! missing: `.ci/install-tools` installs them all.
+//! missing: `scripts/setup` installs them all.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -38,10 +38,7 @@ fn require(what: &str, probe: &mut Command) {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{what} is missing: run .ci/install-tools (it installs Chromium, node packages, Prometheus, grpcio and grpcurl)"
-    );
+    assert!(ok, "{what} is missing: {}", crate::helpers::INSTALL_HINT);
 }
 
 /// A mix of events a few minutes ago: 3 users; pageviews on three pages,
@@ -329,7 +326,8 @@ async fn the_dashboard_in_headless_chromium_matches_get_metrics_and_updates_live
     require("grpcurl", Command::new(grpcurl()).arg("-version"));
     assert!(
         dir.join("node_modules/playwright-core").is_dir(),
-        "tests/browser/node_modules is missing: run .ci/install-tools (npm ci there)"
+        "tests/browser/node_modules is missing: {}",
+        crate::helpers::INSTALL_HINT
     );
     let app = TestApp::spawn().await;
     seed(&app).await;
@@ -451,14 +449,11 @@ async fn a_real_prometheus_scrapes_metrics() {
 
 #[tokio::test]
 async fn the_python_example_streams_events_and_watches_alerts() {
-    require(
-        "python3 with grpcio and grpcio-tools",
-        Command::new("python3").args(["-c", "import grpc, grpc_tools"]),
-    );
+    let python = crate::helpers::python();
     let app = TestApp::spawn().await;
     let grpc = app.grpc_addr.to_string();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
+        Command::new(python)
             .arg(repo().join("examples/python/client.py"))
             .args(["--target", &grpc, "--events", "25", "--timeout", "20"])
             .output()

@@ -3,9 +3,12 @@
 
 mod abuse;
 mod alerts;
+mod cli;
 mod dashboard;
+mod docs;
 mod faults;
 mod foundation;
+mod health;
 mod helpers;
 mod hostile;
 mod ingest;
