@@ -25,7 +25,9 @@ pub fn build_pool(settings: &DatabaseSettings) -> Result<PgPool> {
     let statement_timeout_ms = settings.statement_timeout.as_millis();
     let mut config = ManagerConfig::default();
     // Every statement Pulse runs is short and indexed: launching parallel
-    // workers costs more (1-3 ms per Gather) than it saves, so they are off.
+    // workers costs more (1-3 ms per Gather) than it saves, and so does JIT
+    // compilation (tens of ms for a plan whose estimate crosses
+    // jit_above_cost), so both are off.
     // A broken connection is detected by diesel-async itself; a `SELECT 1`
     // on every checkout would cost a round trip per call.
     config.recycling_method = RecyclingMethod::Fast;
@@ -35,7 +37,7 @@ pub fn build_pool(settings: &DatabaseSettings) -> Result<PgPool> {
             let mut conn = AsyncPgConnection::establish(&url).await?;
             conn.batch_execute(&format!(
                 "SET statement_timeout = {statement_timeout_ms}; SET application_name = 'pulse';
-                 SET max_parallel_workers_per_gather = 0"
+                 SET max_parallel_workers_per_gather = 0; SET jit = off"
             ))
             .await
             .map_err(ConnectionError::CouldntSetupConfiguration)?;
