@@ -23,7 +23,8 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("pulse: {error}");
+            // Never a panic, even with stderr closed.
+            commands::note(format_args!("pulse: {error}"));
             ExitCode::FAILURE
         }
     }

@@ -14,20 +14,49 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format;
 
 use crate::config::{LogFormat, LogSettings};
 
 /// Installs the global `tracing` subscriber. Safe to call twice (the second
 /// call does nothing), so tests may call it too.
+///
+/// Text logs escape control characters in every field, the message
+/// included ([`escaped_fields`]): values often quote client input (an id
+/// that is not a UUID, an error naming a bad field), and a newline in one
+/// must not forge a log line. JSON logs are escaped by JSON itself.
 pub fn init_logging(settings: &LogSettings) {
     let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never into a file or pipe.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match settings.format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(escaped_fields()).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// The text format's fields: `message name=value …` like tracing's default,
+/// with every value (and the message) passed through
+/// [`escape_control`](crate::text::escape_control), whether it was recorded
+/// with `%` (Display), `?` (Debug) or as a plain string.
+pub fn escaped_fields() -> impl for<'writer> FormatFields<'writer> + Send + Sync + 'static {
+    format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = crate::text::escape_control(&text);
+        if field.name() == "message" {
+            write!(writer, "{text}")
+        } else {
+            write!(writer, "{}={text}", field.name())
+        }
+    })
+    .delimited(" ")
 }
 
 /// Labels of one RPC outcome.
@@ -400,5 +429,53 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A writer into a shared buffer, for reading back what was logged.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_logs_keep_client_values_on_one_line() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(escaped_fields())
+            .with_writer(move || writer.clone())
+            .finish();
+        let forged = "x\n2026-01-01T00:00:00.000000Z  INFO pulse: forged\x1b[2J";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(id = %forged, quoted = forged, debug = ?forged, "rpc {forged}");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(text.contains(" WARN "), "{text}");
+        assert!(
+            text.contains(
+                "rpc x\\n2026-01-01T00:00:00.000000Z  INFO pulse: forged\\u{1b}[2J id=x\\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("quoted=\"x\\n"), "{text}");
     }
 }
