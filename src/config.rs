@@ -96,6 +96,16 @@ pub struct IngestLimits {
         default_value_t = 1000
     )]
     pub max_errors_reported: usize,
+
+    /// Most distinct event types the database may hold (at most 32,767: the
+    /// id is a smallint). An event of a new type past it is rejected alone.
+    #[arg(
+        long = "max-event-types",
+        env = "PULSE_MAX_EVENT_TYPES",
+        default_value_t = 10_000,
+        value_parser = parse_max_event_types
+    )]
+    pub max_event_types: usize,
 }
 
 impl Default for IngestLimits {
@@ -106,7 +116,18 @@ impl Default for IngestLimits {
             max_data_bytes: 8 * 1024,
             max_string_bytes: 2048,
             max_errors_reported: 1000,
+            max_event_types: 10_000,
         }
+    }
+}
+
+fn parse_max_event_types(text: &str) -> Result<usize, String> {
+    let max = crate::db::ingest::MAX_EVENT_TYPE_IDS;
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{text}` is not a number of event types from 1 to {max} (event type ids are smallints)"
+        )),
     }
 }
 

@@ -148,6 +148,40 @@ fn within_retention(
     }
 }
 
+/// Registers event types this process has not seen (see
+/// [`register_types`]); returns those refused because the registry is full.
+async fn register_new_types(
+    state: &IngestState,
+    names: &[&str],
+) -> Result<std::collections::HashSet<String>, Error> {
+    let mut conn = connection(&state.pool).await?;
+    register_types(&mut conn, &state.cache, names, state.limits.max_event_types).await
+}
+
+/// Why an event of a type the full registry refused is rejected.
+fn type_limit_rejection(event_type: &str, max_event_types: usize) -> Rejection {
+    Rejection::new(
+        "event_type_limit",
+        format!(
+            "event_type `{event_type}` is new and the registry already holds its limit of \
+             {max_event_types} distinct types (PULSE_MAX_EVENT_TYPES); send a known type or \
+             raise the limit"
+        ),
+    )
+}
+
+/// `text` cut to at most `max` bytes on a character boundary.
+fn truncated(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 fn stream_error(status: Status, max_message_bytes: usize) -> Status {
     // tonic reports an oversized message as OUT_OF_RANGE; the contract says
     // RESOURCE_EXHAUSTED, with the limit and what to do.
@@ -230,34 +264,84 @@ impl IngestService for IngestApi {
                 sent_at,
             };
             let mut valid = Vec::with_capacity(message.events.len());
+            // The stream index of each valid event, and this message's
+            // rejections, reported in index order once types are resolved.
+            let mut positions: Vec<u64> = Vec::with_capacity(message.events.len());
+            let mut message_errors: Vec<(u64, String, Rejection)> = Vec::new();
             for event in message.events {
                 let event_id = event.event_id.clone();
                 let checked = RawEvent::try_from(event)
                     .and_then(|raw| validate(raw, &clock, &event_limits))
                     .and_then(|valid| within_retention(valid, &clock, state.retention));
                 match checked {
-                    Ok(event) => valid.push(event),
-                    Err(rejection) => {
-                        rejected += 1;
-                        state
-                            .metrics
-                            .count_ingest(&format!("rejected_{}", rejection.class), 1);
-                        if errors.len() < limits.max_errors_reported {
-                            let mut event_id = event_id;
-                            event_id.truncate(64);
-                            errors.push(EventError {
-                                index,
-                                event_id,
-                                reason: rejection.reason,
-                            });
-                        }
+                    Ok(event) => {
+                        valid.push(event);
+                        positions.push(index);
                     }
+                    Err(rejection) => message_errors.push((index, event_id, rejection)),
                 }
                 index += 1;
             }
-            if !valid.is_empty() && batches.send(valid).await.is_err() {
-                // The writer stopped on an error; it is reported below.
-                break;
+            // Types this process has not seen are registered before the
+            // batch is formed; past --max-event-types their events alone
+            // are rejected.
+            let new_types: Vec<&str> = valid
+                .iter()
+                .map(|e| e.event_type.as_str())
+                .filter(|t| state.cache.type_id(t).is_none())
+                .collect();
+            if !new_types.is_empty() {
+                let refused = match register_new_types(&state, &new_types).await {
+                    Ok(refused) => refused,
+                    Err(error) => {
+                        failure = Some(error.into());
+                        break;
+                    }
+                };
+                if !refused.is_empty() {
+                    let mut kept = Vec::with_capacity(valid.len());
+                    for (event, position) in valid.into_iter().zip(positions) {
+                        if refused.contains(&event.event_type) {
+                            message_errors.push((
+                                position,
+                                event.event_id.to_string(),
+                                type_limit_rejection(&event.event_type, limits.max_event_types),
+                            ));
+                        } else {
+                            kept.push(event);
+                        }
+                    }
+                    valid = kept;
+                    message_errors.sort_by_key(|(position, ..)| *position);
+                }
+            }
+            for (position, event_id, rejection) in message_errors {
+                rejected += 1;
+                state
+                    .metrics
+                    .count_ingest(&format!("rejected_{}", rejection.class), 1);
+                if errors.len() < limits.max_errors_reported {
+                    errors.push(EventError {
+                        index: position,
+                        event_id: truncated(event_id, 64),
+                        reason: rejection.reason,
+                    });
+                }
+            }
+            if !valid.is_empty() {
+                let sent = tokio::select! {
+                    biased;
+                    () = &mut revoked => {
+                        cut.cancel();
+                        failure = Some(revoked_failure());
+                        break;
+                    }
+                    sent = batches.send(valid) => sent,
+                };
+                if sent.is_err() {
+                    // The writer stopped on an error; it is reported below.
+                    break;
+                }
             }
         }
         drop(batches);
