@@ -6,20 +6,26 @@
 //! writing while keeping memory bounded; small messages queued behind a
 //! write are coalesced into one batch. The response is sent only after the
 //! writer has committed every accepted event.
+//!
+//! A stream whose API key is revoked ends with `UNAUTHENTICATED` as soon as
+//! the key set's reload shows it: the handler stops reading and the writer
+//! writes no further batch (one already being written may commit; nothing
+//! was acknowledged, so a resend with a valid key is safe).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use super::proto::ingest_service_server::IngestService;
 use super::proto::*;
-use crate::auth::Caller;
+use crate::auth::{Caller, KeySet, revoked_status};
 use crate::config::IngestLimits;
-use crate::db::ingest::{IdCache, upsert_users, write_events};
+use crate::db::ingest::{IdCache, register_types, upsert_users, write_events};
 use crate::db::replica::WriteLsn;
 use crate::db::{PgPool, connection};
 use crate::domain::event::{Clock, EventLimits, RawEvent, Rejection, ValidEvent, validate};
@@ -47,6 +53,8 @@ pub struct IngestState {
     pub retention: Option<chrono::TimeDelta>,
     /// Per-key events/s and concurrent stream limits.
     pub key_limits: Arc<KeyLimits>,
+    /// The API keys, watched so that a revoked key's streams end.
+    pub keys: Arc<KeySet>,
 }
 
 /// Receives events and users.
@@ -84,13 +92,18 @@ impl Drop for InFlight {
     }
 }
 
-/// Commits batches in order until the channel closes or a write fails.
+/// Commits batches in order until the channel closes, a write fails or
+/// the stream is `cut` (its key was revoked).
 async fn write_loop(
     state: Arc<IngestState>,
     mut batches: mpsc::Receiver<Vec<ValidEvent>>,
+    cut: CancellationToken,
 ) -> Result<Totals, Error> {
     let mut totals = Totals::default();
     while let Some(mut batch) = batches.recv().await {
+        if cut.is_cancelled() {
+            return Err(Error::Unauthenticated("the stream was cut".into()));
+        }
         while batch.len() < MAX_BATCH_EVENTS {
             match batches.try_recv() {
                 Ok(more) => batch.extend(more),
@@ -217,7 +230,19 @@ impl IngestService for IngestApi {
         };
         let mut stream = request.into_inner();
         let (batches, receiver) = mpsc::channel::<Vec<ValidEvent>>(2);
-        let writer = tokio::spawn(write_loop(state.clone(), receiver));
+        let cut = CancellationToken::new();
+        let writer = tokio::spawn(write_loop(state.clone(), receiver, cut.clone()));
+        // Resolves when the caller's key is revoked; never without a key.
+        let key_id = caller.map(|c| c.key_id);
+        let revocation = key_id.map(|id| state.keys.revoked(id));
+        let mut revoked = std::pin::pin!(async move {
+            match revocation {
+                Some(revoked) => revoked.await,
+                None => std::future::pending().await,
+            }
+        });
+        let revoked_failure =
+            || key_id.map_or_else(|| Status::unauthenticated("revoked"), revoked_status);
 
         let mut index: u64 = 0;
         let mut rejected: u64 = 0;
@@ -225,7 +250,16 @@ impl IngestService for IngestApi {
         let mut failure: Option<Status> = None;
 
         loop {
-            let message = match stream.message().await {
+            let next = tokio::select! {
+                biased;
+                () = &mut revoked => {
+                    cut.cancel();
+                    failure = Some(revoked_failure());
+                    break;
+                }
+                next = stream.message() => next,
+            };
+            let message = match next {
                 Ok(Some(message)) => message,
                 Ok(None) => break,
                 Err(status) => {
@@ -372,12 +406,21 @@ impl IngestService for IngestApi {
         &self,
         request: Request<UpsertUsersRequest>,
     ) -> Result<Response<UpsertUsersResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().copied();
         let users = request.into_inner().users;
         if users.len() > MAX_USERS_PER_REQUEST {
             return Err(Status::invalid_argument(format!(
                 "{} users in one request; the limit is {MAX_USERS_PER_REQUEST}",
                 users.len()
             )));
+        }
+        // Each user row is a write like an event: it is paid for from the
+        // key's events/s budget before any work is done.
+        if let Some(caller) = caller {
+            self.state
+                .key_limits
+                .take_events(caller.key_id, users.len() as u64)
+                .map_err(|exceeded| exceeded.into_status())?;
         }
         // The last entry for a user id wins.
         let mut by_id = std::collections::BTreeMap::new();
