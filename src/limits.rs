@@ -1,5 +1,9 @@
-//! Per-key abuse limits: ingest events per second, queries per second, and
-//! concurrent `IngestEvents` streams, each per API key (and per instance).
+//! Per-key abuse limits: ingest events per second (the users of
+//! `UpsertUsers` count as events), queries per second, concurrent
+//! `IngestEvents` streams and concurrent queries (`GetMetrics`, dashboard
+//! API requests), each per API key (and per instance). The concurrency cap
+//! keeps one key from filling the query pool with slow calls: a refusal is
+//! immediate, where waiting would hold a task and a client for nothing.
 //!
 //! Rates are token buckets holding at most one second's worth. A request
 //! is let through whenever the bucket is not in debt and takes what it
@@ -67,12 +71,20 @@ impl Exceeded {
     }
 }
 
+/// What a concurrency slot counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Slot {
+    IngestStream,
+    Query,
+}
+
 /// The limits of every key, shared by the gRPC layer, the ingest handler
 /// and the dashboard API.
 pub struct KeyLimits {
     settings: KeyLimitSettings,
     buckets: Mutex<HashMap<(Uuid, Meter), Bucket>>,
-    streams: Mutex<HashMap<Uuid, u32>>,
+    /// Open streams and running queries per key.
+    open: Mutex<HashMap<(Uuid, Slot), u32>>,
 }
 
 impl KeyLimits {
@@ -80,11 +92,11 @@ impl KeyLimits {
         Arc::new(Self {
             settings,
             buckets: Mutex::default(),
-            streams: Mutex::default(),
+            open: Mutex::default(),
         })
     }
 
-    /// Takes `events` ingest events from `key`'s budget.
+    /// Takes `events` ingest events (or `UpsertUsers` users) from `key`'s budget.
     pub fn take_events(&self, key: Uuid, events: u64) -> Result<(), Exceeded> {
         self.take(key, Meter::Events, self.settings.events_per_second, events)
     }
@@ -131,46 +143,64 @@ impl KeyLimits {
 
     /// Counts one more open `IngestEvents` stream of `key` until the guard
     /// is dropped.
-    pub fn open_stream(self: &Arc<Self>, key: Uuid) -> Result<StreamGuard, Exceeded> {
+    pub fn open_stream(self: &Arc<Self>, key: Uuid) -> Result<SlotGuard, Exceeded> {
         let max = self.settings.max_ingest_streams;
-        let mut streams = self
-            .streams
+        self.open_slot(key, Slot::IngestStream, max).ok_or_else(|| Exceeded {
+            message: format!(
+                "API key {key} already has {max} IngestEvents streams open (PULSE_KEY_MAX_INGEST_STREAMS); retry after one ends"
+            ),
+            retry_after: Duration::from_secs(1),
+        })
+    }
+
+    /// Counts one more running query of `key` until the guard is dropped.
+    pub fn start_query(self: &Arc<Self>, key: Uuid) -> Result<SlotGuard, Exceeded> {
+        let max = self.settings.max_concurrent_queries;
+        self.open_slot(key, Slot::Query, max).ok_or_else(|| Exceeded {
+            message: format!(
+                "API key {key} already has {max} queries running (PULSE_KEY_MAX_CONCURRENT_QUERIES); retry after one ends"
+            ),
+            retry_after: Duration::from_millis(250),
+        })
+    }
+
+    fn open_slot(self: &Arc<Self>, key: Uuid, slot: Slot, max: u32) -> Option<SlotGuard> {
+        let mut open = self
+            .open
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let open = streams.entry(key).or_insert(0);
-        if max > 0 && *open >= max {
-            return Err(Exceeded {
-                message: format!(
-                    "API key {key} already has {max} IngestEvents streams open (PULSE_KEY_MAX_INGEST_STREAMS); retry after one ends"
-                ),
-                retry_after: Duration::from_secs(1),
-            });
+        let count = open.entry((key, slot)).or_insert(0);
+        if max > 0 && *count >= max {
+            return None;
         }
-        *open += 1;
-        Ok(StreamGuard {
+        *count += 1;
+        Some(SlotGuard {
             limits: self.clone(),
             key,
+            slot,
         })
     }
 }
 
-/// One open stream; closes it on drop however the call ends.
-pub struct StreamGuard {
+/// One open stream or running query; released on drop however the call ends.
+pub struct SlotGuard {
     limits: Arc<KeyLimits>,
     key: Uuid,
+    slot: Slot,
 }
 
-impl Drop for StreamGuard {
+impl Drop for SlotGuard {
     fn drop(&mut self) {
-        let mut streams = self
+        let mut open = self
             .limits
-            .streams
+            .open
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(open) = streams.get_mut(&self.key) {
-            *open = open.saturating_sub(1);
-            if *open == 0 {
-                streams.remove(&self.key);
+        let entry = (self.key, self.slot);
+        if let Some(count) = open.get_mut(&entry) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&entry);
             }
         }
     }
@@ -185,6 +215,7 @@ mod tests {
             events_per_second: events,
             queries_per_second: queries,
             max_ingest_streams: streams,
+            max_concurrent_queries: streams,
         })
     }
 
@@ -220,5 +251,22 @@ mod tests {
         assert!(l.open_stream(Uuid::now_v7()).is_ok());
         drop(a);
         assert!(l.open_stream(key).is_ok());
+    }
+
+    #[test]
+    fn running_queries_are_counted_apart_from_streams() {
+        let l = limits(0, 0, 2);
+        let key = Uuid::now_v7();
+        let _streams = (l.open_stream(key).unwrap(), l.open_stream(key).unwrap());
+        let a = l.start_query(key).unwrap();
+        let _b = l.start_query(key).unwrap();
+        let Err(refused) = l.start_query(key) else {
+            panic!("a third query of a key capped at 2 passed");
+        };
+        assert!(refused.message.contains("PULSE_KEY_MAX_CONCURRENT_QUERIES"));
+        assert_eq!(refused.into_status().code(), tonic::Code::ResourceExhausted);
+        drop(a);
+        assert!(l.start_query(key).is_ok());
+        assert!(limits(0, 0, 0).start_query(key).is_ok(), "0 is no limit");
     }
 }

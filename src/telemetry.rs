@@ -133,11 +133,11 @@ pub struct Metrics {
     pub alert_subscribers: Gauge,
     pub alert_subscriber_catchups: Counter,
     pub alert_subscriber_lag: Histogram,
-    /// Database pool gauges, set from `pool.status()` at each scrape.
-    pub db_pool_max_size: Gauge,
-    pub db_pool_size: Gauge,
-    pub db_pool_available: Gauge,
-    pub db_pool_waiting: Gauge,
+    /// Database pool gauges by pool, set from `pool.status()` at each scrape.
+    pub db_pool_max_size: Family<PoolLabels, Gauge>,
+    pub db_pool_size: Family<PoolLabels, Gauge>,
+    pub db_pool_available: Family<PoolLabels, Gauge>,
+    pub db_pool_waiting: Family<PoolLabels, Gauge>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Family<HttpLabels, Histogram>,
     pub job_runs: Family<JobLabels, Counter>,
@@ -310,25 +310,49 @@ impl Metrics {
             "GetMetrics reads by where they went: replica, or primary after the replica lagged (fallback_lag) or failed (fallback_error)",
             replica_reads.clone(),
         );
-        let db_pool_max_size = Gauge::default();
+        let queries_over_budget = Counter::default();
+        registry.register(
+            "queries_over_budget",
+            "GetMetrics answers and dashboard reads cancelled past the query budget (--db-query-timeout) and refused with RESOURCE_EXHAUSTED",
+            queries_over_budget.clone(),
+        );
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Connections open now, by listener (grpc, http)",
+            connections_open.clone(),
+        );
+        let connections_accepted = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_accepted",
+            "Connections accepted, by listener",
+            connections_accepted.clone(),
+        );
+        let connections_closed = Family::<CloseLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections closed, by listener and reason (ended, handshake_timeout, idle_timeout, evicted, refused)",
+            connections_closed.clone(),
+        );
+        let db_pool_max_size = Family::<PoolLabels, Gauge>::default();
         registry.register(
             "database_pool_max_connections",
-            "Most connections the pool may open (--db-pool-size)",
+            "Most connections each pool may open (ingest: --db-pool-size, query: --db-query-pool-size, background: --db-background-pool-size)",
             db_pool_max_size.clone(),
         );
-        let db_pool_size = Gauge::default();
+        let db_pool_size = Family::<PoolLabels, Gauge>::default();
         registry.register(
             "database_pool_connections",
             "Connections the pool holds open now, idle or in use",
             db_pool_size.clone(),
         );
-        let db_pool_available = Gauge::default();
+        let db_pool_available = Family::<PoolLabels, Gauge>::default();
         registry.register(
             "database_pool_idle_connections",
             "Open connections not in use now",
             db_pool_available.clone(),
         );
-        let db_pool_waiting = Gauge::default();
+        let db_pool_waiting = Family::<PoolLabels, Gauge>::default();
         registry.register(
             "database_pool_waiting_tasks",
             "Tasks waiting for a connection now (the pool is exhausted while above 0)",
@@ -404,14 +428,25 @@ impl Metrics {
             .inc();
     }
 
-    /// Records the pool's state; called at each scrape, so the gauges are
+    /// Records a pool's state; called at each scrape, so the gauges are
     /// as fresh as the scrape.
-    pub fn observe_pool(&self, status: deadpool::Status) {
+    pub fn observe_pool(&self, pool: &str, status: deadpool::Status) {
         let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.db_pool_max_size.set(gauge(status.max_size));
-        self.db_pool_size.set(gauge(status.size));
-        self.db_pool_available.set(gauge(status.available));
-        self.db_pool_waiting.set(gauge(status.waiting));
+        let labels = PoolLabels {
+            pool: pool.to_owned(),
+        };
+        self.db_pool_max_size
+            .get_or_create(&labels)
+            .set(gauge(status.max_size));
+        self.db_pool_size
+            .get_or_create(&labels)
+            .set(gauge(status.size));
+        self.db_pool_available
+            .get_or_create(&labels)
+            .set(gauge(status.available));
+        self.db_pool_waiting
+            .get_or_create(&labels)
+            .set(gauge(status.waiting));
     }
 
     /// Counts one read by where it went (replica or a fallback).
