@@ -312,6 +312,12 @@ pub struct ServeSettings {
     )]
     pub http_addr: SocketAddr,
 
+    /// Names (`name` or `name:port`) the HTTP listener answers to besides IP
+    /// addresses and `localhost`; requests naming any other Host are refused
+    /// (DNS rebinding). Repeat the flag, or separate names with commas.
+    #[arg(long = "public-host", env = "PULSE_PUBLIC_HOST", value_delimiter = ',')]
+    pub public_hosts: Vec<String>,
+
     /// Do not run pending migrations at start (fail if any are pending).
     #[arg(long = "no-migrate", env = "PULSE_NO_MIGRATE")]
     pub no_migrate: bool,
