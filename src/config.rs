@@ -371,6 +371,9 @@ pub struct ServeSettings {
     pub tls: TlsSettings,
 
     #[command(flatten)]
+    pub connections: ConnectionSettings,
+
+    #[command(flatten)]
     pub maintenance: MaintenanceSettings,
 
     /// PostgreSQL URL of a streaming replica for GetMetrics reads (none:
@@ -455,6 +458,7 @@ impl ServeSettings {
             limits: IngestLimits::default(),
             key_limits: KeyLimitSettings::default(),
             tls: TlsSettings::default(),
+            connections: ConnectionSettings::default(),
             maintenance: MaintenanceSettings::default(),
             read_database_url: None,
             replica_wait: Duration::from_millis(200),

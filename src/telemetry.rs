@@ -104,6 +104,27 @@ pub struct JobNameLabels {
     pub job: String,
 }
 
+/// Labels of a listener (`grpc`, `http`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+/// Labels of a closed connection: its listener and why it ended
+/// (`ended`: by the peer or the protocol; `handshake_timeout`,
+/// `idle_timeout`, `evicted` to make room, `refused` at the cap).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    pub listener: String,
+    pub reason: String,
+}
+
+/// Labels of a connection pool (`ingest`, `query`, `background`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+}
+
 /// Labels of a table rows were deleted from.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabels {
@@ -145,6 +166,10 @@ pub struct Metrics {
     pub job_last_success: Family<JobNameLabels, Gauge>,
     pub retention_deleted_rows: Family<TableLabels, Counter>,
     pub replica_reads: Family<OutcomeLabels, Counter>,
+    pub queries_over_budget: Counter,
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    pub connections_accepted: Family<ListenerLabels, Counter>,
+    pub connections_closed: Family<CloseLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -405,6 +430,10 @@ impl Metrics {
             job_last_success,
             retention_deleted_rows,
             replica_reads,
+            queries_over_budget,
+            connections_open,
+            connections_accepted,
+            connections_closed,
         })
     }
 

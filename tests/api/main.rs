@@ -3,14 +3,18 @@
 
 mod abuse;
 mod alerts;
+mod connections;
 mod dashboard;
 mod faults;
 mod foundation;
+mod hardening;
 mod helpers;
 mod hostile;
 mod ingest;
+mod isolation;
 mod maintenance;
 mod metrics;
+mod registry;
 mod replica;
 mod security;
 mod tls;
