@@ -245,7 +245,8 @@ impl App {
         )
         .with_reads(reads)
         .with_budget(settings.database.query_timeout);
-        let key_limits = KeyLimits::new(settings.key_limits.clone());
+        let key_limits =
+            KeyLimits::new(settings.key_limits.clone(), settings.database.query_timeout);
         let ingest_state = Arc::new(IngestState {
             pool: pools.ingest.clone(),
             cache: IdCache::new(USER_CACHE_ENTRIES),

@@ -1,9 +1,11 @@
 //! Per-key abuse limits: ingest events per second (the users of
 //! `UpsertUsers` count as events), queries per second, concurrent
 //! `IngestEvents` streams and concurrent queries (`GetMetrics`, dashboard
-//! API requests), each per API key (and per instance). The concurrency cap
-//! keeps one key from filling the query pool with slow calls: a refusal is
-//! immediate, where waiting would hold a task and a client for nothing.
+//! API requests), each per API key (and per instance). The query cap keeps
+//! one key from filling the query pool with slow calls; a query over it
+//! waits for a slot at most the query budget (a dashboard's burst of a
+//! dozen cached reads queues for milliseconds), then is refused. A stream
+//! over its cap is refused at once: streams are long.
 //!
 //! Rates are token buckets holding at most one second's worth. A request
 //! is let through whenever the bucket is not in debt and takes what it
@@ -20,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::config::KeyLimitSettings;
@@ -71,28 +74,30 @@ impl Exceeded {
     }
 }
 
-/// What a concurrency slot counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Slot {
-    IngestStream,
-    Query,
-}
-
 /// The limits of every key, shared by the gRPC layer, the ingest handler
 /// and the dashboard API.
 pub struct KeyLimits {
     settings: KeyLimitSettings,
     buckets: Mutex<HashMap<(Uuid, Meter), Bucket>>,
-    /// Open streams and running queries per key.
-    open: Mutex<HashMap<(Uuid, Slot), u32>>,
+    /// Open IngestEvents streams per key.
+    streams: Mutex<HashMap<Uuid, u32>>,
+    /// Running queries per key: a semaphore of `max_concurrent_queries`
+    /// permits, dropped from the map when nobody holds or awaits it.
+    queries: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    /// Longest wait for a query slot (the query budget).
+    query_wait: Duration,
 }
 
 impl KeyLimits {
-    pub fn new(settings: KeyLimitSettings) -> Arc<Self> {
+    /// The limits of `settings`; a query waits at most `query_wait` for a
+    /// slot among its key's concurrent queries.
+    pub fn new(settings: KeyLimitSettings, query_wait: Duration) -> Arc<Self> {
         Arc::new(Self {
             settings,
             buckets: Mutex::default(),
-            open: Mutex::default(),
+            streams: Mutex::default(),
+            queries: Mutex::default(),
+            query_wait,
         })
     }
 
@@ -143,65 +148,115 @@ impl KeyLimits {
 
     /// Counts one more open `IngestEvents` stream of `key` until the guard
     /// is dropped.
-    pub fn open_stream(self: &Arc<Self>, key: Uuid) -> Result<SlotGuard, Exceeded> {
+    pub fn open_stream(self: &Arc<Self>, key: Uuid) -> Result<StreamGuard, Exceeded> {
         let max = self.settings.max_ingest_streams;
-        self.open_slot(key, Slot::IngestStream, max).ok_or_else(|| Exceeded {
-            message: format!(
-                "API key {key} already has {max} IngestEvents streams open (PULSE_KEY_MAX_INGEST_STREAMS); retry after one ends"
-            ),
-            retry_after: Duration::from_secs(1),
-        })
-    }
-
-    /// Counts one more running query of `key` until the guard is dropped.
-    pub fn start_query(self: &Arc<Self>, key: Uuid) -> Result<SlotGuard, Exceeded> {
-        let max = self.settings.max_concurrent_queries;
-        self.open_slot(key, Slot::Query, max).ok_or_else(|| Exceeded {
-            message: format!(
-                "API key {key} already has {max} queries running (PULSE_KEY_MAX_CONCURRENT_QUERIES); retry after one ends"
-            ),
-            retry_after: Duration::from_millis(250),
-        })
-    }
-
-    fn open_slot(self: &Arc<Self>, key: Uuid, slot: Slot, max: u32) -> Option<SlotGuard> {
-        let mut open = self
-            .open
+        let mut streams = self
+            .streams
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = open.entry((key, slot)).or_insert(0);
-        if max > 0 && *count >= max {
-            return None;
+        let open = streams.entry(key).or_insert(0);
+        if max > 0 && *open >= max {
+            return Err(Exceeded {
+                message: format!(
+                    "API key {key} already has {max} IngestEvents streams open (PULSE_KEY_MAX_INGEST_STREAMS); retry after one ends"
+                ),
+                retry_after: Duration::from_secs(1),
+            });
         }
-        *count += 1;
-        Some(SlotGuard {
+        *open += 1;
+        Ok(StreamGuard {
             limits: self.clone(),
             key,
-            slot,
         })
+    }
+
+    /// A slot among `key`'s concurrent queries, held until the returned
+    /// value is dropped; waits for one at most the query budget.
+    pub async fn start_query(self: &Arc<Self>, key: Uuid) -> Result<QuerySlot, Exceeded> {
+        let max = self.settings.max_concurrent_queries;
+        if max == 0 {
+            return Ok(QuerySlot { held: None });
+        }
+        let semaphore = self
+            .queries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(max as usize)))
+            .clone();
+        let permit = match semaphore.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => tokio::time::timeout(self.query_wait, semaphore.acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+        match permit {
+            Some(permit) => Ok(QuerySlot {
+                held: Some((self.clone(), key, permit)),
+            }),
+            None => {
+                self.forget_idle_semaphore(key);
+                Err(Exceeded {
+                    message: format!(
+                        "API key {key} already has {max} queries running and none ended within {} ms (PULSE_KEY_MAX_CONCURRENT_QUERIES); retry later",
+                        self.query_wait.as_millis()
+                    ),
+                    retry_after: self.query_wait.max(Duration::from_millis(100)),
+                })
+            }
+        }
+    }
+
+    /// Drops `key`'s semaphore once no query holds or awaits it (the map
+    /// holds the only reference), so the map does not grow with old keys.
+    fn forget_idle_semaphore(&self, key: Uuid) {
+        let mut queries = self
+            .queries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if queries
+            .get(&key)
+            .is_some_and(|semaphore| Arc::strong_count(semaphore) == 1)
+        {
+            queries.remove(&key);
+        }
     }
 }
 
-/// One open stream or running query; released on drop however the call ends.
-pub struct SlotGuard {
+/// One open stream; closes it on drop however the call ends.
+pub struct StreamGuard {
     limits: Arc<KeyLimits>,
     key: Uuid,
-    slot: Slot,
 }
 
-impl Drop for SlotGuard {
+impl Drop for StreamGuard {
     fn drop(&mut self) {
-        let mut open = self
+        let mut streams = self
             .limits
-            .open
+            .streams
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = (self.key, self.slot);
-        if let Some(count) = open.get_mut(&entry) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&entry);
+        if let Some(open) = streams.get_mut(&self.key) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                streams.remove(&self.key);
             }
+        }
+    }
+}
+
+/// A running query's slot (none when the key's cap is off); released on
+/// drop however the call ends.
+pub struct QuerySlot {
+    held: Option<(Arc<KeyLimits>, Uuid, OwnedSemaphorePermit)>,
+}
+
+impl Drop for QuerySlot {
+    fn drop(&mut self) {
+        if let Some((limits, key, permit)) = self.held.take() {
+            drop(permit);
+            limits.forget_idle_semaphore(key);
         }
     }
 }
@@ -211,12 +266,15 @@ mod tests {
     use super::*;
 
     fn limits(events: u32, queries: u32, streams: u32) -> Arc<KeyLimits> {
-        KeyLimits::new(KeyLimitSettings {
-            events_per_second: events,
-            queries_per_second: queries,
-            max_ingest_streams: streams,
-            max_concurrent_queries: streams,
-        })
+        KeyLimits::new(
+            KeyLimitSettings {
+                events_per_second: events,
+                queries_per_second: queries,
+                max_ingest_streams: streams,
+                max_concurrent_queries: streams,
+            },
+            Duration::from_millis(50),
+        )
     }
 
     #[test]
@@ -253,20 +311,39 @@ mod tests {
         assert!(l.open_stream(key).is_ok());
     }
 
-    #[test]
-    fn running_queries_are_counted_apart_from_streams() {
+    #[tokio::test]
+    async fn running_queries_wait_briefly_for_a_slot_then_are_refused() {
         let l = limits(0, 0, 2);
         let key = Uuid::now_v7();
         let _streams = (l.open_stream(key).unwrap(), l.open_stream(key).unwrap());
-        let a = l.start_query(key).unwrap();
-        let _b = l.start_query(key).unwrap();
-        let Err(refused) = l.start_query(key) else {
+        let a = l.start_query(key).await.unwrap();
+        let _b = l.start_query(key).await.unwrap();
+        let Err(refused) = l.start_query(key).await else {
             panic!("a third query of a key capped at 2 passed");
         };
         assert!(refused.message.contains("PULSE_KEY_MAX_CONCURRENT_QUERIES"));
         assert_eq!(refused.into_status().code(), tonic::Code::ResourceExhausted);
+        // A slot that frees up within the wait is taken.
+        let waiting = tokio::spawn({
+            let l = l.clone();
+            async move { l.start_query(key).await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
         drop(a);
-        assert!(l.start_query(key).is_ok());
-        assert!(limits(0, 0, 0).start_query(key).is_ok(), "0 is no limit");
+        assert!(waiting.await.unwrap());
+        assert!(l.start_query(Uuid::now_v7()).await.is_ok(), "per key");
+        assert!(
+            limits(0, 0, 0).start_query(key).await.is_ok(),
+            "0 is no limit"
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_keys_leave_no_semaphore_behind() {
+        let l = limits(0, 0, 2);
+        for _ in 0..10 {
+            let _slot = l.start_query(Uuid::now_v7()).await.unwrap();
+        }
+        assert!(l.queries.lock().unwrap().is_empty());
     }
 }

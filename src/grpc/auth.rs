@@ -87,7 +87,8 @@ impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Auth<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
-    ResBody: Default,
+    ResBody: Default + Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -109,23 +110,21 @@ where
         match self.keys.authorize(header, required) {
             Ok(Some(caller)) if required == Scope::Query => {
                 // Queries: one from the key's rate, and a slot among its
-                // concurrent queries, held until the answer is ready.
-                let slot = self
-                    .limits
-                    .take_query(caller.key_id)
-                    .and_then(|()| self.limits.start_query(caller.key_id));
-                match slot {
-                    Ok(slot) => {
-                        request.extensions_mut().insert::<Caller>(caller);
-                        let call = self.inner.call(request);
-                        Either::Left(Either::Right(Box::pin(async move {
-                            let response = call.await;
-                            drop(slot);
-                            response
-                        })))
-                    }
-                    Err(exceeded) => refuse(exceeded.into_status()),
+                // concurrent queries, held until the answer is ready. The
+                // handler's future does nothing until polled, so it only
+                // starts once the slot is taken.
+                if let Err(exceeded) = self.limits.take_query(caller.key_id) {
+                    return refuse(exceeded.into_status());
                 }
+                request.extensions_mut().insert::<Caller>(caller);
+                let call = self.inner.call(request);
+                let limits = self.limits.clone();
+                Either::Left(Either::Right(Box::pin(async move {
+                    match limits.start_query(caller.key_id).await {
+                        Ok(_slot) => call.await,
+                        Err(exceeded) => Ok(exceeded.into_status().into_http()),
+                    }
+                })))
             }
             Ok(caller) => {
                 if let Some(caller) = caller {

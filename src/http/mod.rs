@@ -25,7 +25,7 @@ use crate::auth::KeySet;
 use crate::db::{PgPool, PoolRole};
 use crate::domain::key::Scope;
 use crate::grpc::query::QueryApi;
-use crate::limits::{KeyLimits, SlotGuard};
+use crate::limits::{KeyLimits, QuerySlot};
 use crate::telemetry::{HttpLabels, Metrics};
 
 /// What HTTP handlers share.
@@ -106,7 +106,7 @@ async fn require_query_key(
     request: Request,
     next: Next,
 ) -> Response {
-    match check_query_key(&state, request.headers()) {
+    match check_query_key(&state, request.headers()).await {
         Ok(_running) => next.run(request).await,
         Err(refusal) => *refusal,
     }
@@ -116,7 +116,7 @@ async fn require_query_key(
 /// under `/api/` (so probing without a key learns nothing there).
 async fn not_found(State(state): State<HttpState>, request: Request) -> Response {
     if request.uri().path().starts_with("/api/")
-        && let Err(refusal) = check_query_key(&state, request.headers())
+        && let Err(refusal) = check_query_key(&state, request.headers()).await
     {
         return *refusal;
     }
@@ -125,18 +125,18 @@ async fn not_found(State(state): State<HttpState>, request: Request) -> Response
 
 /// The key check of the dashboard API: the caller's running-query slot (if
 /// it came with a key) to hold while it runs, or the refusal to send.
-fn check_query_key(
+async fn check_query_key(
     state: &HttpState,
     headers: &header::HeaderMap,
-) -> Result<Option<SlotGuard>, Box<Response>> {
+) -> Result<Option<QuerySlot>, Box<Response>> {
     let header = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
     match state.keys.authorize(header, Scope::Query) {
-        Ok(Some(caller)) => state
-            .key_limits
-            .take_query(caller.key_id)
-            .and_then(|()| state.key_limits.start_query(caller.key_id))
-            .map(Some)
-            .map_err(|exceeded| {
+        Ok(Some(caller)) => {
+            let slot = match state.key_limits.take_query(caller.key_id) {
+                Ok(()) => state.key_limits.start_query(caller.key_id).await,
+                Err(exceeded) => Err(exceeded),
+            };
+            slot.map(Some).map_err(|exceeded| {
                 let retry_after = exceeded.retry_after_seconds();
                 let mut response =
                     api::ApiError::from(crate::error::Error::ResourceExhausted(exceeded.message))
@@ -145,7 +145,8 @@ fn check_query_key(
                     .headers_mut()
                     .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
                 Box::new(response)
-            }),
+            })
+        }
         Ok(None) => Ok(None),
         Err(error) => {
             let unauthenticated = matches!(error, crate::error::Error::Unauthenticated(_));

@@ -621,3 +621,24 @@ async fn revocation_cuts_open_ingest_and_watch_streams_within_the_refresh_interv
     );
     eprintln!("revocation: ingest cut after {ingest_cut:?}, watch after {watch_cut:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_multibyte_event_id_is_reported_cut_on_a_character_boundary() {
+    let app = TestApp::spawn().await;
+    // Byte 64 falls inside an `é`: cutting there used to panic the handler.
+    let id = format!("a{}", "é".repeat(40));
+    let response = ingest(
+        &app,
+        vec![message(vec![
+            Event {
+                event_id: id.clone(),
+                ..click(Uuid::new_v4(), "u")
+            },
+            click(Uuid::new_v4(), "u"),
+        ])],
+    )
+    .await
+    .expect("a bad id is rejected alone");
+    assert_eq!((response.accepted, response.rejected), (1, 1));
+    assert_eq!(response.errors[0].event_id, id[..63]);
+}

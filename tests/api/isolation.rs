@@ -231,3 +231,41 @@ async fn a_flood_of_slow_queries_from_one_key_never_starves_ingest() {
         .await
         .expect("queries work again");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dashboard_burst_under_the_concurrency_cap_queues_instead_of_failing() {
+    let db = TestDatabase::migrated().await;
+    let (_, query_key) = db.create_key(Scope::Query).await;
+    // Defaults: 4 queries at a time per key; the page asks for a dozen at once.
+    let app = TestApp::spawn_on(db, |_| {}).await;
+    let bearer = format!("Bearer {query_key}");
+    let paths: [&'static str; 12] = [
+        "/api/v1/metrics?metric=events&range=1h&group_by=event_type",
+        "/api/v1/metrics?metric=events&range=1h",
+        "/api/v1/metrics?metric=pageviews&range=1h",
+        "/api/v1/metrics?metric=unique_users&range=1h",
+        "/api/v1/metrics?metric=unique_users&range=1h&granularity=total",
+        "/api/v1/metrics?metric=revenue&range=1h",
+        "/api/v1/metrics?metric=purchases&range=1h",
+        "/api/v1/metrics?metric=pageviews&range=1h&group_by=page_url&granularity=total",
+        "/api/v1/metrics?metric=revenue&range=1h&group_by=product_id&granularity=total",
+        "/api/v1/alerts/rules",
+        "/api/v1/alerts/notifications?limit=30",
+        "/api/v1/metrics?metric=quantity&range=15m",
+    ];
+    let requests: Vec<_> = paths
+        .iter()
+        .copied()
+        .map(|path: &'static str| {
+            let bearer = bearer.clone();
+            let addr = app.http_addr;
+            tokio::spawn(
+                async move { http_get_with(addr, path, &[("Authorization", &bearer)]).await },
+            )
+        })
+        .collect();
+    for (request, path) in requests.into_iter().zip(paths) {
+        let (status, body) = request.await.expect("request task");
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+}
