@@ -47,7 +47,7 @@ pub struct DatabaseSettings {
     #[arg(
         long = "db-background-pool-size",
         env = "PULSE_DB_BACKGROUND_POOL_SIZE",
-        default_value_t = 4
+        default_value_t = 6
     )]
     pub background_pool_size: usize,
 
@@ -438,7 +438,7 @@ impl ServeSettings {
                 url: database_url.to_owned(),
                 pool_size: 16,
                 query_pool_size: 8,
-                background_pool_size: 4,
+                background_pool_size: 6,
                 pool_timeout: Duration::from_secs(5),
                 statement_timeout: Duration::from_secs(30),
                 query_timeout: Duration::from_secs(2),

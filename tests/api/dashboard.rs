@@ -307,7 +307,7 @@ async fn metrics_export_the_database_pool_and_http_requests() {
     for series in [
         "pulse_database_pool_max_connections{pool=\"ingest\"} 16",
         "pulse_database_pool_max_connections{pool=\"query\"} 8",
-        "pulse_database_pool_max_connections{pool=\"background\"} 4",
+        "pulse_database_pool_max_connections{pool=\"background\"} 6",
         "pulse_database_pool_connections{pool=\"query\"} ",
         "pulse_database_pool_idle_connections{pool=\"query\"} ",
         "pulse_database_pool_waiting_tasks{pool=\"ingest\"} 0",
