@@ -240,6 +240,23 @@ async fn sigkill_mid_stream_then_a_resend_stores_every_event_exactly_once() {
         ),
         "{status:?}"
     );
+    // A statement the killed server had sent still runs, and commits, until
+    // its backend notices the client is gone: count once they all have.
+    let mut watcher = db.connect().await;
+    wait_until(
+        "the killed server's sessions to end",
+        Duration::from_secs(30),
+        async || {
+            scalar(
+                &mut watcher,
+                "SELECT count(*) AS n FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name LIKE 'pulse%'",
+            )
+            .await
+                == 0
+        },
+    )
+    .await;
     let committed = count(&db, "events").await;
     assert!(committed > 0 && committed < total(&messages), "{committed}");
 
