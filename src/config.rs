@@ -27,7 +27,8 @@ pub struct DatabaseSettings {
     )]
     pub url: String,
 
-    /// Most connections held by one Pulse process.
+    /// Connections for ingest (IngestEvents, UpsertUsers). Queries and
+    /// background work have pools of their own, so they never take these.
     #[arg(
         long = "db-pool-size",
         env = "PULSE_DB_POOL_SIZE",
@@ -35,13 +36,38 @@ pub struct DatabaseSettings {
     )]
     pub pool_size: usize,
 
+    /// Connections for queries: GetMetrics, the dashboard API, alert rules
+    /// and WatchAlerts replays.
+    #[arg(
+        long = "db-query-pool-size",
+        env = "PULSE_DB_QUERY_POOL_SIZE",
+        default_value_t = 8
+    )]
+    pub query_pool_size: usize,
+
+    /// Connections for background work: rollup folds, the alert evaluator,
+    /// API-key reloads.
+    #[arg(
+        long = "db-background-pool-size",
+        env = "PULSE_DB_BACKGROUND_POOL_SIZE",
+        default_value_t = 6
+    )]
+    pub background_pool_size: usize,
+
     /// How long a call waits for a free connection before failing with UNAVAILABLE.
     #[arg(long = "db-pool-timeout", env = "PULSE_DB_POOL_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub pool_timeout: Duration,
 
-    /// Server-side limit on one SQL statement (PostgreSQL `statement_timeout`).
+    /// Server-side limit on one SQL statement (PostgreSQL `statement_timeout`)
+    /// of ingest and background work.
     #[arg(long = "db-statement-timeout", env = "PULSE_DB_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub statement_timeout: Duration,
+
+    /// Budget of one query (GetMetrics, a dashboard API read) on the
+    /// database: past it the statement is cancelled and the call refused
+    /// with RESOURCE_EXHAUSTED, instead of holding a connection.
+    #[arg(long = "db-query-timeout", env = "PULSE_DB_QUERY_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub query_timeout: Duration,
 }
 
 /// Output format of the logs.
@@ -102,6 +128,16 @@ pub struct IngestLimits {
         default_value_t = 1000
     )]
     pub max_errors_reported: usize,
+
+    /// Most distinct event types the database may hold (at most 32,767: the
+    /// id is a smallint). An event of a new type past it is rejected alone.
+    #[arg(
+        long = "max-event-types",
+        env = "PULSE_MAX_EVENT_TYPES",
+        default_value_t = 10_000,
+        value_parser = parse_max_event_types
+    )]
+    pub max_event_types: usize,
 }
 
 impl Default for IngestLimits {
@@ -112,7 +148,18 @@ impl Default for IngestLimits {
             max_data_bytes: 8 * 1024,
             max_string_bytes: 2048,
             max_errors_reported: 1000,
+            max_event_types: 10_000,
         }
+    }
+}
+
+fn parse_max_event_types(text: &str) -> Result<usize, String> {
+    let max = crate::db::ingest::MAX_EVENT_TYPE_IDS;
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{text}` is not a number of event types from 1 to {max} (event type ids are smallints)"
+        )),
     }
 }
 
@@ -144,6 +191,14 @@ pub struct KeyLimitSettings {
         default_value_t = 32
     )]
     pub max_ingest_streams: u32,
+
+    /// GetMetrics calls and dashboard API requests running at once per key.
+    #[arg(
+        long = "key-max-concurrent-queries",
+        env = "PULSE_KEY_MAX_CONCURRENT_QUERIES",
+        default_value_t = 4
+    )]
+    pub max_concurrent_queries: u32,
 }
 
 impl Default for KeyLimitSettings {
@@ -152,6 +207,80 @@ impl Default for KeyLimitSettings {
             events_per_second: 50_000,
             queries_per_second: 200,
             max_ingest_streams: 32,
+            max_concurrent_queries: 4,
+        }
+    }
+}
+
+/// How both listeners treat connections: caps, handshake and idle
+/// timeouts, HTTP/2 limits (see `src/listen.rs`).
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionSettings {
+    /// Most open connections on the gRPC listener; past it the connection
+    /// idle longest is closed to make room (or the new one refused if every
+    /// connection has a call running).
+    #[arg(
+        long = "grpc-max-connections",
+        env = "PULSE_GRPC_MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub grpc_max_connections: usize,
+
+    /// Most open connections on the HTTP listener (same policy).
+    #[arg(
+        long = "http-max-connections",
+        env = "PULSE_HTTP_MAX_CONNECTIONS",
+        default_value_t = 256
+    )]
+    pub http_max_connections: usize,
+
+    /// A new connection must have sent its first complete request (TLS
+    /// handshake, HTTP/2 preface, HTTP/1 headers) within this, or it is closed.
+    #[arg(long = "header-read-timeout", env = "PULSE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A connection with no request running for this long is closed.
+    #[arg(long = "idle-timeout", env = "PULSE_IDLE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Most concurrent HTTP/2 streams (calls) per connection.
+    #[arg(
+        long = "http2-max-concurrent-streams",
+        env = "PULSE_HTTP2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 1024
+    )]
+    pub http2_max_concurrent_streams: u32,
+
+    /// Streams a client may open and reset before the server accepts them,
+    /// per connection (the "rapid reset" attack); past it the connection is
+    /// closed.
+    #[arg(
+        long = "http2-max-pending-reset-streams",
+        env = "PULSE_HTTP2_MAX_PENDING_RESET_STREAMS",
+        default_value_t = 20
+    )]
+    pub http2_max_pending_reset_streams: usize,
+
+    /// How often an HTTP/2 connection is pinged to find peers that vanished.
+    #[arg(long = "http2-keepalive-interval", env = "PULSE_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a ping may go unanswered before the connection is closed.
+    #[arg(long = "http2-keepalive-timeout", env = "PULSE_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            grpc_max_connections: 1024,
+            http_max_connections: 256,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            http2_max_concurrent_streams: 1024,
+            http2_max_pending_reset_streams: 20,
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -192,6 +321,12 @@ pub struct ServeSettings {
         default_value = "127.0.0.1:8080"
     )]
     pub http_addr: SocketAddr,
+
+    /// Names (`name` or `name:port`) the HTTP listener answers to besides IP
+    /// addresses and `localhost`; requests naming any other Host are refused
+    /// (DNS rebinding). Repeat the flag, or separate names with commas.
+    #[arg(long = "public-host", env = "PULSE_PUBLIC_HOST", value_delimiter = ',')]
+    pub public_hosts: Vec<String>,
 
     /// Do not run pending migrations at start (fail if any are pending).
     #[arg(
@@ -255,6 +390,9 @@ pub struct ServeSettings {
 
     #[command(flatten)]
     pub tls: TlsSettings,
+
+    #[command(flatten)]
+    pub connections: ConnectionSettings,
 
     #[command(flatten)]
     pub maintenance: MaintenanceSettings,
@@ -326,11 +464,15 @@ impl ServeSettings {
             database: DatabaseSettings {
                 url: database_url.to_owned(),
                 pool_size: 16,
+                query_pool_size: 8,
+                background_pool_size: 6,
                 pool_timeout: Duration::from_secs(5),
                 statement_timeout: Duration::from_secs(30),
+                query_timeout: Duration::from_secs(2),
             },
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_hosts: Vec::new(),
             no_migrate: false,
             health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
@@ -344,6 +486,7 @@ impl ServeSettings {
             limits: IngestLimits::default(),
             key_limits: KeyLimitSettings::default(),
             tls: TlsSettings::default(),
+            connections: ConnectionSettings::default(),
             maintenance: MaintenanceSettings::default(),
             read_database_url: None,
             replica_wait: Duration::from_millis(200),

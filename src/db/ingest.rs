@@ -1,6 +1,15 @@
 //! The ingest write path: one batch of validated events into `events`,
-//! `pageviews` and `purchases`, with users and event types registered on
-//! first sight.
+//! `pageviews` and `purchases`, with users registered on first sight and
+//! event types registered, before the batch, by [`register_types`].
+//!
+//! The event-type registry is bounded: `events.event_type_id` is a
+//! `smallint` (2 bytes on a table of millions of rows), so at most 32,767
+//! types can ever exist, and `--max-event-types` caps them lower. Ids come
+//! from no sequence: [`register_types`] takes a transaction-scoped advisory
+//! lock, counts the types, and gives the new names the lowest free ids, so a
+//! conflict, a rollback or a race spends no id, and concurrent streams (on
+//! any instance) can never pass the cap together. Names past the cap are
+//! refused one by one; the caller rejects their events alone.
 //!
 //! A batch costs one statement in the common case: the users and types of a
 //! warm stream come from [`IdCache`], and the events with their details are
@@ -13,20 +22,29 @@
 //! `ON CONFLICT DO NOTHING` makes a resent event a duplicate whatever its
 //! timestamp.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
 
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Int2, Int4, Int8, Jsonb, Nullable, Numeric, Text, Timestamptz};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel::sql_types::{
+    Array, BigInt, Int2, Int4, Int8, Jsonb, Nullable, Numeric, Text, Timestamptz,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::schema::{event_types, users};
 use crate::domain::event::{Detail, ValidEvent};
 use crate::domain::user::UserUpsert;
 use crate::error::{Error, Result};
+
+/// Most event types the schema can hold: `event_type_id` is a positive
+/// `smallint` (0 stands for "any type" in `rollup_user_sets`).
+pub const MAX_EVENT_TYPE_IDS: usize = i16::MAX as usize;
+
+/// Serialises event-type registration across sessions and instances.
+const EVENT_TYPES_LOCK: i64 = 0x5075_6c73_6506;
 
 /// Process-wide caches of the surrogate keys of users and event types.
 ///
@@ -51,7 +69,8 @@ impl IdCache {
         }
     }
 
-    fn type_id(&self, name: &str) -> Option<i16> {
+    /// The id of a registered type, if this process has seen it.
+    pub fn type_id(&self, name: &str) -> Option<i16> {
         self.types.read().ok()?.get(name).copied()
     }
 
@@ -280,7 +299,106 @@ fn is_retryable(error: &diesel::result::Error) -> bool {
     }
 }
 
-/// Ids of the batch's event types, registering new ones.
+#[derive(QueryableByName)]
+struct TypeRow {
+    #[diesel(sql_type = Int2)]
+    event_type_id: i16,
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Makes sure every name of `names` is a registered event type, as long as
+/// the registry holds fewer than `max_types`; returns the names refused
+/// because it was full. Registered ids enter `cache`.
+pub async fn register_types(
+    conn: &mut AsyncPgConnection,
+    cache: &IdCache,
+    names: &[&str],
+    max_types: usize,
+) -> Result<HashSet<String>> {
+    let mut missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|name| cache.type_id(name).is_none())
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let cap = max_types.min(MAX_EVENT_TYPE_IDS) as i64;
+    let (found, refused) = conn
+        .transaction::<_, Error, _>(async |conn| {
+            diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+                .bind::<BigInt, _>(EVENT_TYPES_LOCK)
+                .execute(conn)
+                .await?;
+            // Under the lock: what another stream or instance registered
+            // meanwhile, and how many types exist.
+            let mut found: Vec<TypeRow> = diesel::sql_query(
+                "SELECT event_type_id, name FROM event_types WHERE name = ANY($1)",
+            )
+            .bind::<Array<Text>, _>(&missing)
+            .load(conn)
+            .await?;
+            let known: HashSet<&str> = found.iter().map(|t| t.name.as_str()).collect();
+            let new: Vec<&str> = missing
+                .iter()
+                .copied()
+                .filter(|name| !known.contains(name))
+                .collect();
+            let existing: Count = diesel::sql_query("SELECT count(*) AS n FROM event_types")
+                .get_result(conn)
+                .await?;
+            let room = usize::try_from((cap - existing.n).max(0)).unwrap_or(0);
+            let (admitted, refused) = new.split_at(room.min(new.len()));
+            if !admitted.is_empty() {
+                // The lowest free ids, in name order: no sequence, so
+                // nothing is spent by a conflict or a rollback.
+                let inserted: Vec<TypeRow> = diesel::sql_query(
+                    "INSERT INTO event_types (event_type_id, name)
+                     SELECT free.id::int2, names.name
+                     FROM (SELECT name, row_number() OVER (ORDER BY name) AS k
+                           FROM unnest($1::text[]) AS name) AS names
+                     JOIN (SELECT id, row_number() OVER (ORDER BY id) AS k
+                           FROM generate_series(1, $2::int) AS id
+                           WHERE NOT EXISTS (SELECT 1 FROM event_types t WHERE t.event_type_id = id)) AS free
+                       USING (k)
+                     RETURNING event_type_id, name",
+                )
+                .bind::<Array<Text>, _>(admitted)
+                .bind::<Int4, _>(MAX_EVENT_TYPE_IDS as i32)
+                .load(conn)
+                .await?;
+                if inserted.len() != admitted.len() {
+                    return Err(Error::Internal(format!(
+                        "registered {} of {} event types: no free id left",
+                        inserted.len(),
+                        admitted.len()
+                    )));
+                }
+                found.extend(inserted);
+            }
+            let refused: HashSet<String> = refused.iter().map(|n| (*n).to_owned()).collect();
+            Ok((found, refused))
+        })
+        .await?;
+    let found: Vec<(i16, String)> = found
+        .into_iter()
+        .map(|t| (t.event_type_id, t.name))
+        .collect();
+    cache.remember_types(&found);
+    Ok(refused)
+}
+
+/// Ids of the batch's event types. Every type was registered by
+/// [`register_types`] before the batch was formed, so this only reads.
 async fn resolve_types(
     conn: &mut AsyncPgConnection,
     cache: &IdCache,
@@ -303,19 +421,6 @@ async fn resolve_types(
     if missing.is_empty() {
         return Ok(resolved);
     }
-    missing.sort_unstable();
-    // Only names not stored yet are inserted, so no identity value is spent
-    // on a conflict (the key is a smallint).
-    diesel::sql_query(
-        "INSERT INTO event_types (name)
-         SELECT n FROM unnest($1::text[]) AS n
-         WHERE NOT EXISTS (SELECT 1 FROM event_types t WHERE t.name = n)
-         ORDER BY n
-         ON CONFLICT (name) DO NOTHING",
-    )
-    .bind::<Array<Text>, _>(&missing)
-    .execute(conn)
-    .await?;
     let found: Vec<(i16, String)> = event_types::table
         .filter(event_types::name.eq_any(&missing))
         .select((event_types::event_type_id, event_types::name))
@@ -323,7 +428,7 @@ async fn resolve_types(
         .await?;
     if found.len() != missing.len() {
         return Err(Error::Internal(
-            "an event type vanished while being registered".into(),
+            "a batch holds an event type that was never registered".into(),
         ));
     }
     cache.remember_types(&found);

@@ -123,7 +123,7 @@ diesel::table! {
 diesel::table! {
     /// Lookup of event type names, registered on first sight, so events store a 2-byte id.
     event_types (event_type_id) {
-        /// Surrogate key stored in events.event_type_id.
+        /// Surrogate key stored in events.event_type_id: 1 to 32767, the lowest free id given by Pulse under an advisory lock (0 means any type in rollup_user_sets).
         event_type_id -> Int2,
         /// The event type as sent by clients: click, purchase, sign_up, pageview, ...
         name -> Text,

@@ -302,10 +302,12 @@ async fn metrics_export_the_database_pool_and_http_requests() {
     let (status, text) = app.http_get("/metrics").await;
     assert_eq!(status, 200);
     for series in [
-        "pulse_database_pool_max_connections 16",
-        "pulse_database_pool_connections ",
-        "pulse_database_pool_idle_connections ",
-        "pulse_database_pool_waiting_tasks 0",
+        "pulse_database_pool_max_connections{pool=\"ingest\"} 16",
+        "pulse_database_pool_max_connections{pool=\"query\"} 8",
+        "pulse_database_pool_max_connections{pool=\"background\"} 6",
+        "pulse_database_pool_connections{pool=\"query\"} ",
+        "pulse_database_pool_idle_connections{pool=\"query\"} ",
+        "pulse_database_pool_waiting_tasks{pool=\"ingest\"} 0",
         "pulse_grpc_requests_total{",
         "pulse_ingest_events_total{",
         "pulse_http_requests_total{route=\"/api/v1/alerts/rules\",status=\"200\"} 1",
@@ -430,7 +432,7 @@ async fn a_real_prometheus_scrapes_metrics() {
                 assert!(up.contains("\"1\"]"), "the target is up: {up}");
                 let (_, pool) = http_get(
                     prometheus,
-                    "/api/v1/query?query=pulse_database_pool_max_connections",
+                    "/api/v1/query?query=pulse_database_pool_max_connections{pool=%22ingest%22}",
                 )
                 .await;
                 assert!(pool.contains("\"16\"]"), "{pool}");
