@@ -105,7 +105,9 @@ pub async fn keys(action: KeysAction) -> Result<()> {
             db::migrations::run_pending(&database.url).await?;
             let mut conn = connect(database.url).await?;
             if if_none && !db::keys::active(&mut conn).await?.is_empty() {
-                println!("an active API key exists already (`pulse keys list`): none created");
+                note(format_args!(
+                    "an active API key exists already (`pulse keys list`): none created"
+                ));
                 return Ok(());
             }
             let key = NewKey::generate();

@@ -29,6 +29,7 @@ use diesel::sql_types::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use roaring::RoaringTreemap;
 
+use super::sql::Sql;
 use crate::domain::metric::{
     CountSeries, Dimension, Metric, MetricQuery, SeriesValues, TypeSelection,
 };
@@ -51,32 +52,80 @@ macro_rules! revenue_text {
     };
 }
 
-/// Raw events of one edge with their dimension value: `(t, value_id,
-/// event_type_id, user_id, quantity, amount)`. `{range}` is replaced by the
-/// edge's time condition; `$12`/`$13` are the pageview and purchase type ids.
-const EDGE_ALL: &str = r#"
-    SELECT e."timestamp" AS t, 0 AS value_id, e.event_type_id, e.user_id, pu.quantity, pu.amount
-    FROM events e
-    LEFT JOIN LATERAL (SELECT p.quantity, p.amount FROM purchases p
-                       WHERE e.event_type_id = $13 AND p.event_id = e.event_id LIMIT 1) pu ON true
-    WHERE {range}"#;
-const EDGE_PAGES: &str = r#"
-    SELECT e."timestamp" AS t, x.value_id, e.event_type_id, e.user_id, NULL::int4 AS quantity, NULL::numeric AS amount
-    FROM events e
-    CROSS JOIN LATERAL (SELECT v.value_id FROM pageviews p
-                        JOIN dimension_values v ON v.dimension = 1 AND v.value = p.page_url
-                        WHERE p.event_id = e.event_id LIMIT 1) x
-    WHERE e.event_type_id = $12 AND {range}"#;
-const EDGE_PRODUCTS: &str = r#"
-    SELECT e."timestamp" AS t, x.value_id, e.event_type_id, e.user_id, x.quantity, x.amount
-    FROM events e
-    CROSS JOIN LATERAL (SELECT v.value_id, p.quantity, p.amount FROM purchases p
-                        JOIN dimension_values v ON v.dimension = 2 AND v.value = p.product_id
-                        WHERE p.event_id = e.event_id LIMIT 1) x
-    WHERE e.event_type_id = $13 AND {range}"#;
+/// The sub-minute raw edges, aggregated per (value, type) — or per user for
+/// sets — since each edge lies within one minute and so within one output
+/// bucket (`t` is its first event). `{range}` is the edge's time condition
+/// and `{gate}` turns the end edge off when its minute is read whole.
+/// Detail rows are found by one index lookup per event (`LIMIT 1` keeps each
+/// lookup a nested loop: a join here was once planned as a hash join over
+/// every pageview), and for every event only where the dimension needs it.
+fn edge_sql(sets: bool, dimension: usize) -> &'static str {
+    match (sets, dimension) {
+        (false, 0) => concat!(
+            r#"SELECT 1 AS part, min(e."timestamp") AS t, 0 AS value_id, e.event_type_id AS type_id, count(*)::int8 AS n,
+                      0::int8 AS quantity, NULL::text AS revenue
+               FROM events e WHERE {range} AND e.event_type_id <> $13{gate} GROUP BY e.event_type_id
+               UNION ALL
+               SELECT 1, min(e."timestamp"), 0, e.event_type_id, count(*)::int8, sum(p.quantity)::int8, "#,
+            revenue_text!("sum(p.amount)"),
+            r#"
+               FROM events e
+               CROSS JOIN LATERAL (SELECT x.quantity, x.amount FROM purchases x WHERE x.event_id = e.event_id LIMIT 1) p
+               WHERE {range} AND e.event_type_id = $13{gate} GROUP BY e.event_type_id"#
+        ),
+        (false, 1) => {
+            r#"SELECT 1, min(e."timestamp"), v.value_id, e.event_type_id, count(*)::int8, 0::int8, NULL::text
+               FROM events e
+               CROSS JOIN LATERAL (SELECT d.value_id FROM pageviews p
+                                   JOIN dimension_values d ON d.dimension = 1 AND d.value = p.page_url
+                                   WHERE p.event_id = e.event_id LIMIT 1) v
+               WHERE {range} AND e.event_type_id = $12{gate} AND ($2::int4 IS NULL OR v.value_id = $2)
+               GROUP BY v.value_id, e.event_type_id"#
+        }
+        (false, _) => concat!(
+            r#"SELECT 1, min(e."timestamp"), v.value_id, e.event_type_id, count(*)::int8, sum(v.quantity)::int8, "#,
+            revenue_text!("sum(v.amount)"),
+            r#"
+               FROM events e
+               CROSS JOIN LATERAL (SELECT d.value_id, p.quantity, p.amount FROM purchases p
+                                   JOIN dimension_values d ON d.dimension = 2 AND d.value = p.product_id
+                                   WHERE p.event_id = e.event_id LIMIT 1) v
+               WHERE {range} AND e.event_type_id = $13{gate} AND ($2::int4 IS NULL OR v.value_id = $2)
+               GROUP BY v.value_id, e.event_type_id"#
+        ),
+        (true, 0) => {
+            r#"SELECT 1, min(e."timestamp"), 0, e.event_type_id, e.user_id, NULL::int8, NULL::text
+               FROM events e WHERE {range} AND e.user_id IS NOT NULL{gate}
+               GROUP BY e.event_type_id, e.user_id"#
+        }
+        (true, 1) => {
+            r#"SELECT 1, min(e."timestamp"), v.value_id, e.event_type_id, e.user_id, NULL::int8, NULL::text
+               FROM events e
+               CROSS JOIN LATERAL (SELECT d.value_id FROM pageviews p
+                                   JOIN dimension_values d ON d.dimension = 1 AND d.value = p.page_url
+                                   WHERE p.event_id = e.event_id LIMIT 1) v
+               WHERE {range} AND e.event_type_id = $12 AND e.user_id IS NOT NULL{gate}
+                 AND ($2::int4 IS NULL OR v.value_id = $2)
+               GROUP BY v.value_id, e.event_type_id, e.user_id"#
+        }
+        (true, _) => {
+            r#"SELECT 1, min(e."timestamp"), v.value_id, e.event_type_id, e.user_id, NULL::int8, NULL::text
+               FROM events e
+               CROSS JOIN LATERAL (SELECT d.value_id FROM purchases p
+                                   JOIN dimension_values d ON d.dimension = 2 AND d.value = p.product_id
+                                   WHERE p.event_id = e.event_id LIMIT 1) v
+               WHERE {range} AND e.event_type_id = $13 AND e.user_id IS NOT NULL{gate}
+                 AND ($2::int4 IS NULL OR v.value_id = $2)
+               GROUP BY v.value_id, e.event_type_id, e.user_id"#
+        }
+    }
+}
 
 const START_RANGE: &str = r#"e."timestamp" >= $5 AND e."timestamp" < $6"#;
 const END_RANGE: &str = r#"e."timestamp" >= $7 AND e."timestamp" < $8"#;
+/// A pseudo-constant condition: PostgreSQL makes it a one-time filter, so
+/// the end edge is not even scanned when its minute is read whole.
+const END_GATE: &str = " AND NOT (SELECT extend FROM after)";
 
 /// The live statement. Parameters: `$1` dimension, `$2` value filter,
 /// `$3..$4` the delta minutes, `$5..$6` the start edge, `$7..$8` the end
@@ -84,38 +133,28 @@ const END_RANGE: &str = r#"e."timestamp" >= $7 AND e."timestamp" < $8"#;
 /// rollups, `$10` the end of that minute, `$11` the generation the process
 /// has applied, `$12`/`$13` the pageview and purchase type ids.
 ///
-/// Parts: 0 pending deltas, 1 edge events, 2 the generation, 3 fold log
-/// rows, 4 the oldest logged generation, 5 whether the last minute is read
-/// whole (no event lies in `[end, $10)`; then the end edge is not read).
-fn live_sql(sets: bool, edge: &str) -> String {
-    let (delta, edge_value) = if sets {
-        (
-            "SELECT 0 AS part, d.minute AS t, d.value_id, d.event_type_id AS type_id, d.user_id AS n,
-                    NULL::int8 AS quantity, NULL::text AS revenue
-             FROM rollup_set_deltas d",
-            "x.user_id, NULL::int8, NULL::text",
-        )
+/// Parts: 0 pending deltas, 1 edge events (aggregated), 2 the generation,
+/// 3 fold log rows, 4 the oldest logged generation, 5 whether the last
+/// minute is read whole (no event lies in `[end, $10)`; then the end edge
+/// is not read).
+fn live_sql(sets: bool, dimension: usize) -> String {
+    let delta = if sets {
+        "SELECT 0 AS part, d.minute AS t, d.value_id, d.event_type_id AS type_id, d.user_id AS n,
+                NULL::int8 AS quantity, NULL::text AS revenue
+         FROM rollup_set_deltas d"
     } else {
-        (
-            concat!(
-                "SELECT 0 AS part, d.minute AS t, d.value_id, d.event_type_id AS type_id, d.events AS n,
-                    d.quantity, ",
-                revenue_text!("d.revenue"),
-                " AS revenue FROM rollup_count_deltas d"
-            ),
-            concat!(
-                "1::int8, coalesce(x.quantity, 0)::int8, ",
-                revenue_text!("x.amount")
-            ),
+        concat!(
+            "SELECT 0 AS part, d.minute AS t, d.value_id, d.event_type_id AS type_id, d.events AS n,
+                d.quantity, ",
+            revenue_text!("d.revenue"),
+            " AS revenue FROM rollup_count_deltas d"
         )
     };
-    let users_only = if sets {
-        " AND x.user_id IS NOT NULL"
-    } else {
-        ""
-    };
-    let start = edge.replace("{range}", START_RANGE);
-    let end = edge.replace("{range}", END_RANGE);
+    let edge = edge_sql(sets, dimension);
+    let start = edge.replace("{range}", START_RANGE).replace("{gate}", "");
+    let end = edge
+        .replace("{range}", END_RANGE)
+        .replace("{gate}", END_GATE);
     format!(
         r#"WITH after AS MATERIALIZED (
     SELECT $9::bool AND NOT EXISTS (SELECT 1 FROM events WHERE "timestamp" >= $8 AND "timestamp" < $10) AS extend
@@ -123,13 +162,9 @@ fn live_sql(sets: bool, edge: &str) -> String {
 {delta}
 WHERE d.dimension = $1 AND d.minute >= $3 AND d.minute < $4 AND ($2::int4 IS NULL OR d.value_id = $2)
 UNION ALL
-SELECT 1, x.t, x.value_id, x.event_type_id, {edge_value}
-FROM ({start}) x
-WHERE ($2::int4 IS NULL OR x.value_id = $2){users_only}
+{start}
 UNION ALL
-SELECT 1, x.t, x.value_id, x.event_type_id, {edge_value}
-FROM ({end}) x
-WHERE NOT (SELECT extend FROM after) AND ($2::int4 IS NULL OR x.value_id = $2){users_only}
+{end}
 UNION ALL
 SELECT 2, NULL, NULL, NULL, fold_generation, NULL, NULL FROM rollup_state
 UNION ALL
@@ -149,9 +184,8 @@ SELECT 5, NULL, NULL, NULL, (SELECT extend FROM after)::int4::int8, NULL, NULL"#
 }
 
 /// `LIVE[sets][dimension code]`.
-static LIVE: LazyLock<[[String; 3]; 2]> = LazyLock::new(|| {
-    [false, true].map(|sets| [EDGE_ALL, EDGE_PAGES, EDGE_PRODUCTS].map(|e| live_sql(sets, e)))
-});
+static LIVE: LazyLock<[[String; 3]; 2]> =
+    LazyLock::new(|| [false, true].map(|sets| [0, 1, 2].map(|d| live_sql(sets, d))));
 
 /// Rollup counts of the pieces `$1..$3` (resolution, from, to) of
 /// dimension `$4`, with the generation of the snapshot.
@@ -267,7 +301,7 @@ pub async fn read_live(conn: &mut AsyncPgConnection, r: &LiveRequest) -> Result<
     let sql = LIVE[usize::from(r.sets)]
         .get(r.dimension as usize)
         .ok_or_else(|| Error::Internal(format!("no rollup dimension {}", r.dimension)))?;
-    let rows: Vec<LiveSqlRow> = diesel::sql_query(sql.as_str())
+    let rows: Vec<LiveSqlRow> = Sql::new(sql)
         .bind::<Int2, _>(r.dimension)
         .bind::<Nullable<Int4>, _>(r.value)
         .bind::<Timestamptz, _>(r.deltas.0)
@@ -370,8 +404,7 @@ pub async fn read_buckets(
     let from: Vec<DateTime<Utc>> = r.runs.iter().map(|x| x.1).collect();
     let to: Vec<DateTime<Utc>> = r.runs.iter().map(|x| x.2).collect();
     let query = if r.sets {
-        diesel::sql_query(BUCKET_SETS)
-            .into_boxed()
+        Sql::new(BUCKET_SETS)
             .bind::<Array<Int4>, _>(res)
             .bind::<Array<Timestamptz>, _>(from)
             .bind::<Array<Timestamptz>, _>(to)
@@ -383,12 +416,11 @@ pub async fn read_buckets(
                 Some(false) => 1,
             })
     } else {
-        let q = diesel::sql_query(if r.value.is_some() {
+        let q = Sql::new(if r.value.is_some() {
             BUCKET_COUNTS_OF_VALUE
         } else {
             BUCKET_COUNTS
         })
-        .into_boxed()
         .bind::<Array<Int4>, _>(res)
         .bind::<Array<Timestamptz>, _>(from)
         .bind::<Array<Timestamptz>, _>(to)

@@ -17,6 +17,7 @@ pub mod pool;
 pub mod replica;
 pub mod rollups;
 pub mod schema;
+pub mod sql;
 
 pub use pool::{
     PgPool, PoolRole, PooledConnection, build_pool, cannot_connect, connection, ensure_database,

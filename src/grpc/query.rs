@@ -180,7 +180,8 @@ impl QueryApi {
             self.metrics.count_replica_read(route.label());
         }
         let cancel = conn.cancel_token();
-        let answered = within_budget(self.engine.answer(&mut conn, query), self.budget, cancel).await;
+        let answered =
+            within_budget(self.engine.answer(&mut conn, query), self.budget, cancel).await;
         let Some(answered) = answered else {
             // Cancelled: a cancel that arrives late would hit whatever the
             // connection runs next, so it is closed, not pooled.

@@ -285,15 +285,16 @@ async fn keys_create_if_none_bootstraps_the_first_key_once() {
         "--if-none",
     ];
     let env = [("DATABASE_URL", db.url.as_str())];
+    // The key alone on stdout; what happened on stderr.
     let (ok, first, stderr) = pulse(&create, &env, Duration::from_secs(60)).await;
     assert!(ok, "{stderr}");
-    assert!(first.contains("created API key"), "{first}");
-    let key = first.lines().last().expect("the key").to_owned();
-    assert!(key.starts_with("pulse_"), "{first}");
+    assert!(stderr.contains("created API key"), "{stderr}");
+    let key = first.trim().to_owned();
+    assert!(key.starts_with("pulse_") && !key.contains('\n'), "{first}");
 
     let (ok, second, stderr) = pulse(&create, &env, Duration::from_secs(60)).await;
     assert!(ok, "{stderr}");
-    assert!(second.contains("none created"), "{second}");
+    assert!(stderr.contains("none created"), "{stderr}");
     assert!(!second.contains("pulse_"), "no key printed: {second}");
     let (ok, list, _) = pulse(&["keys", "list"], &env, Duration::from_secs(20)).await;
     assert!(ok);

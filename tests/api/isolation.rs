@@ -83,7 +83,7 @@ async fn a_flood_of_slow_queries_from_one_key_never_starves_ingest() {
     // would: it holds its connection until something ends it.
     let mut locker = app.db.connect().await;
     locker
-        .batch_execute("BEGIN; LOCK TABLE rollup_type_counts IN ACCESS EXCLUSIVE MODE")
+        .batch_execute("BEGIN; LOCK TABLE rollup_counts IN ACCESS EXCLUSIVE MODE")
         .await
         .expect("lock the rollups");
 
