@@ -281,6 +281,7 @@ impl App {
             query: query_api,
             keys,
             key_limits,
+            dashboard: Arc::new(settings.dashboard.clone()),
         });
 
         tracing::info!(

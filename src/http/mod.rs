@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::auth::KeySet;
+use crate::config::DashboardSettings;
 use crate::db::PgPool;
 use crate::domain::key::Scope;
 use crate::grpc::query::QueryApi;
@@ -37,12 +38,15 @@ pub struct HttpState {
     pub keys: Arc<KeySet>,
     /// Every `/api/v1` request with a key takes one query of its budget.
     pub key_limits: Arc<KeyLimits>,
+    /// What the page shows besides data (the revenue currency).
+    pub dashboard: Arc<DashboardSettings>,
 }
 
 /// Every HTTP route.
 pub fn router(state: HttpState) -> Router {
     let api = Router::new()
         .route("/metrics", get(api::metrics))
+        .route("/dashboard", get(api::dashboard))
         .route("/alerts/rules", get(api::rules))
         .route("/alerts/notifications", get(api::notifications))
         .fallback(api::not_found)
