@@ -817,19 +817,22 @@ async fn the_grpcurl_examples_run() {
 }
 
 #[tokio::test]
-async fn the_demo_creates_rules_and_traffic() {
+async fn the_demo_creates_rules_and_traffic_and_a_week_with_days_and_nights() {
     let db = TestDatabase::migrated().await;
     let url = db.url.clone();
     let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    // A small run: 2 events/s at the peak, 2 minutes of history at that
+    // rate, 40,000 events over the week before (a floor of about 3 % of the
+    // live rate far back, ramping up to it over the last hours).
     pulse::demo::run(pulse::demo::DemoSettings {
         database_url: url,
         grpc_addr: loopback,
         http_addr: loopback,
-        rate: 50.0,
+        rate: 2.0,
         day_length: Duration::from_secs(60),
-        backfill: 2_000,
-        history: Duration::from_secs(60),
-        duration: Some(Duration::from_secs(4)),
+        backfill: 40_000,
+        history: Duration::from_secs(120),
+        duration: Some(Duration::from_secs(2)),
     })
     .await
     .expect("the demo runs and stops");
@@ -847,8 +850,8 @@ async fn the_demo_creates_rules_and_traffic() {
         names,
         ["Checkout stalled", "Sign-up surge", "Traffic burst"]
     );
-    let end = Utc::now() + TimeDelta::minutes(1);
-    let total = |start: DateTime<Utc>| {
+    let end = floor_to(Utc::now(), 3600) + TimeDelta::hours(1);
+    let events = |start: DateTime<Utc>, granularity: Granularity| {
         let mut query = app.query();
         async move {
             query
@@ -856,21 +859,41 @@ async fn the_demo_creates_rules_and_traffic() {
                     metric: Metric::Events as i32,
                     start: Some(to_timestamp(start)),
                     end: Some(to_timestamp(end)),
-                    granularity: Granularity::Total as i32,
+                    granularity: granularity as i32,
                     ..Default::default()
                 })
                 .await
                 .unwrap()
                 .into_inner()
                 .series
-                .first()
-                .map_or(0.0, |s| s.total)
+                .remove(0)
         }
     };
-    let week = total(end - TimeDelta::days(8)).await;
-    let recent = total(end - TimeDelta::minutes(3)).await;
-    // History (a week, thinned by the daily pattern, plus the last minute)
-    // and then live traffic.
-    assert!(week > 1_000.0, "backfill: {week}");
+    let week = events(end - TimeDelta::days(8), Granularity::Total)
+        .await
+        .total;
+    let recent = events(Utc::now() - TimeDelta::minutes(5), Granularity::Total)
+        .await
+        .total;
+    // The backfill's budget plus the history at the live rate (~0.65 × 2/s
+    // for 120 s), plus live traffic: the whole week is sent before it stops.
+    assert!((40_000.0..40_600.0).contains(&week), "week: {week}");
     assert!(recent > 50.0, "live traffic and recent history: {recent}");
+    // The 7-day view: every hour from 6 days back to 2 days back has
+    // events, and afternoons (12–16 h UTC) are busier than nights (0–4 h).
+    let hours = events(end - TimeDelta::days(7), Granularity::Hour).await;
+    let (mut afternoons, mut nights) = (0.0, 0.0);
+    for point in &hours.points[24..hours.points.len() - 48] {
+        assert!(point.value > 0.0, "an empty hour in the week: {point:?}");
+        let hour = (point.bucket_start.unwrap().seconds / 3600) % 24;
+        match hour {
+            12..=16 => afternoons += point.value,
+            0..=4 => nights += point.value,
+            _ => {}
+        }
+    }
+    assert!(
+        afternoons > 2.0 * nights,
+        "days {afternoons} vs nights {nights}"
+    );
 }

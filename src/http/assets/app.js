@@ -367,7 +367,9 @@ function deltaHtml(change) {
   if (change === null || change === undefined) return '<span class="delta none" title="nothing in the previous period">—</span>';
   if (change === 0) return '<span class="delta flat">0%</span>';
   const up = change > 0;
-  return '<span class="delta ' + (up ? 'up' : 'down') + '">' + (up ? '▲ ' : '▼ ') + fmtPercent.format(Math.abs(change)) + '</span>';
+  // From +1,000 % on, a factor reads better: "▲ 111×", not "▲ 10,975.9%".
+  const amount = change >= 10 ? fmtInt.format(1 + change) + '×' : fmtPercent.format(Math.abs(change));
+  return '<span class="delta ' + (up ? 'up' : 'down') + '" title="' + fmtPercent.format(change) + '">' + (up ? '▲ ' : '▼ ') + amount + '</span>';
 }
 
 function setKpi(metric, kpi, answer, values, color) {
