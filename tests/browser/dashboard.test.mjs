@@ -229,7 +229,9 @@ try {
   await page.waitForFunction((n) => Number(document.body.dataset.refreshes) >= n + 3, r0, { timeout: 8000 });
   const r1 = await refreshes();
   const during = apiRequests.slice(c0);
-  check(during.length >= r1 - r0 && during.length <= r1 - r0 + 1 && during.every((r) => r.path.startsWith('/api/v1/dashboard?')),
+  // ±1: a request may be in flight at either end of the window (ten per
+  // refresh, as before the combined route, would be 30).
+  check(Math.abs(during.length - (r1 - r0)) <= 1 && during.every((r) => r.path.startsWith('/api/v1/dashboard?')),
     `${r1 - r0} refreshes took ${during.length} requests, all /api/v1/dashboard`);
 
   // 6. The time-range selector re-queries with the new range.
@@ -333,7 +335,8 @@ try {
   });
   await page.waitForFunction((n) => Number(document.body.dataset.refreshes) > n, await refreshes(), { timeout: 2000 });
   const firstAfter = apiRequests.slice(hiddenFrom)[0];
-  check(firstAfter && firstAfter.at - shownAt < 300, `shown again, it asked at once (${firstAfter ? firstAfter.at - shownAt : '–'} ms)`);
+  // Stopped polling would never ask again; 700 ms leaves room for a loaded machine.
+  check(firstAfter && firstAfter.at - shownAt < 700, `shown again, it asked at once (${firstAfter ? firstAfter.at - shownAt : '–'} ms)`);
 
   // 10. New events appear within 2 s of their ack, without a reload.
   await page.evaluate(() => { window.__sameDocument = true; });
