@@ -3,8 +3,11 @@
 //! A thin edge over the code the gRPC services run: metric requests become
 //! a proto `GetMetricsRequest`, are validated by [`metric_query`] and answered
 //! by [`QueryApi::answer`], exactly as `GetMetrics`; alert rules, their states
-//! and notifications come from `db::alerts`. Errors are [`Error`]s mapped with
-//! [`Error::http_status`] and returned as `{"error":{"code","message"}}`.
+//! and notifications come from `db::alerts`. `/dashboard` answers every panel
+//! of the page in one document through those same functions (so the page
+//! cannot disagree with `GetMetrics`), with each KPI's previous period.
+//! Errors are [`Error`]s mapped with [`Error::http_status`] and returned as
+//! `{"error":{"code","message"}}`.
 //!
 //! Every route sits under one nested router so that the API-key check of the
 //! security work can be one layer there: the page already sends
