@@ -9,7 +9,8 @@
 set -euo pipefail
 ADDR="${1:-127.0.0.1:50051}"
 GRPCURL="${GRPCURL:-grpcurl}"
-g() { "$GRPCURL" -plaintext "$@"; }
+# -emit-defaults: print zero values too ("duplicates": "0"), not leave them out.
+g() { "$GRPCURL" -plaintext -emit-defaults "$@"; }
 step() { printf '\n== %s\n' "$*"; }
 
 step "list services (reflection)"
@@ -24,8 +25,8 @@ g -d '{"service":"pulse.v1.IngestService"}' "$ADDR" grpc.health.v1.Health/Check
 step IngestEvents
 # A client stream: one JSON request message after another on stdin. Event ids
 # are the idempotency key: sending the same stream again answers duplicates.
-pv_id="$(python3 -c 'import uuid; print(uuid.uuid4())')"
-buy_id="$(python3 -c 'import uuid; print(uuid.uuid4())')"
+pv_id="$(cat /proc/sys/kernel/random/uuid)"
+buy_id="$(cat /proc/sys/kernel/random/uuid)"
 g -d @ "$ADDR" pulse.v1.IngestService/IngestEvents <<JSON
 {"events":[{"event_id":"$pv_id","event_type":"pageview","user_id":"alice","pageview":{"page_url":"/pricing"},"data":{"ref":"newsletter"}}]}
 {"events":[{"event_id":"$buy_id","event_type":"purchase","user_id":"alice","purchase":{"product_id":"sku-1","quantity":2,"amount":"19.98"}}]}
@@ -55,7 +56,8 @@ created="$(g -d '{"rule":{"name":"grpcurl example","metric":"METRIC_EVENTS","win
   "comparison":"COMPARISON_GREATER_THAN","threshold":0,"for_seconds":0,"enabled":true}}' \
   "$ADDR" pulse.v1.AlertService/CreateAlertRule)"
 echo "$created"
-rule_id="$(printf '%s' "$created" | python3 -c 'import json,sys; print(json.load(sys.stdin)["rule"]["id"])')"
+# The rule's id: the first "id" of the answer.
+rule_id="$(printf '%s\n' "$created" | sed -n 's/^ *"id": "\([^"]*\)".*/\1/p' | head -n 1)"
 
 step GetAlertRule
 g -d "{\"id\":\"$rule_id\"}" "$ADDR" pulse.v1.AlertService/GetAlertRule

@@ -1,4 +1,4 @@
-//! Wiring: [`App::build`] prepares the database, the pool and both listeners
+//! Wiring: [`App::build`] prepares the database, the pools and both listeners
 //! (so the bound addresses are known before anything is served), then
 //! [`App::run`] serves until the shutdown future resolves.
 
@@ -9,17 +9,15 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::alerts::evaluator::EvaluatorSettings;
 use crate::alerts::hub::Hub;
 use crate::auth::{self, KeySet};
-use crate::config::{DatabaseSettings, ServeSettings};
+use crate::config::ServeSettings;
 use crate::db::ingest::IdCache;
-use crate::db::metrics::QueryCache;
 use crate::db::replica::{ReadPools, WriteLsn};
-use crate::db::{self, PgPool};
+use crate::db::{self, PgPool, PoolRole};
 use crate::error::{Error, Result};
 use crate::grpc::deadline::DeadlineLayer;
 use crate::grpc::decode_errors::DecodeErrorsLayer;
@@ -30,13 +28,24 @@ use crate::grpc::proto::query_service_server::QueryServiceServer;
 use crate::grpc::{
     alerts::AlertApi, auth::AuthLayer, observe::ObserveLayer, proto, query::QueryApi,
 };
+use crate::http::protect::AllowedHosts;
 use crate::http::{self, HttpState};
 use crate::limits::KeyLimits;
+use crate::listen::{self, TrackLayer, Tracker};
+use crate::query::Engine;
 use crate::telemetry::Metrics;
 use crate::tls::TlsFiles;
 
 /// Users whose surrogate key each process keeps in memory (about 100 bytes each).
 const USER_CACHE_ENTRIES: usize = 500_000;
+
+/// The primary's pools, one per kind of work (see `db/pool.rs`): a flood
+/// of one kind waits for its own connections only.
+struct Pools {
+    ingest: PgPool,
+    query: PgPool,
+    background: PgPool,
+}
 
 /// A Pulse server, built and bound but not yet serving.
 pub struct App {
@@ -44,7 +53,7 @@ pub struct App {
     /// Bound before serving so callers (and tests on port 0) learn the port.
     grpc_listener: TcpListener,
     http_listener: TcpListener,
-    pool: PgPool,
+    pools: Pools,
     /// A streaming replica's pool for GetMetrics reads, if configured.
     read_pool: Option<PgPool>,
     metrics: Arc<Metrics>,
@@ -53,13 +62,19 @@ pub struct App {
     keys: Arc<KeySet>,
     /// The certificate and key when TLS is on, checked before binding.
     tls: Option<TlsFiles>,
+    /// `--public-host`, checked before binding.
+    hosts: Arc<AllowedHosts>,
 }
 
 impl App {
-    /// Creates the database if missing, applies pending migrations (unless
-    /// `no_migrate`), builds the pool, loads the API keys (refusing to listen
-    /// beyond loopback without one) and binds both listeners.
+    /// Binds both listeners, creates the database if missing, applies
+    /// pending migrations (unless `no_migrate`), builds the pool and loads
+    /// the API keys (refusing to listen beyond loopback without one).
     pub async fn build(settings: ServeSettings) -> Result<Self> {
+        // Bound first: a port in use stops the start before the database is
+        // created or migrated. Nothing is served until `run`.
+        let grpc_listener = bind(settings.grpc_addr, "gRPC").await?;
+        let http_listener = bind(settings.http_addr, "HTTP").await?;
         db::ensure_database(&settings.database.url).await?;
         if settings.no_migrate {
             let pending = db::migrations::pending(&settings.database.url).await?;
@@ -76,31 +91,33 @@ impl App {
                 tracing::info!(%version, "applied migration");
             }
         }
-        let pool = db::build_pool(&settings.database)?;
+        let database = &settings.database;
+        let pools = Pools {
+            ingest: db::build_pool(database, &database.url, PoolRole::Ingest)?,
+            query: db::build_pool(database, &database.url, PoolRole::Query)?,
+            background: db::build_pool(database, &database.url, PoolRole::Background)?,
+        };
         // The replica is read-only: never created or migrated, only read.
         let read_pool = match &settings.read_database_url {
-            Some(url) => Some(db::build_pool(&DatabaseSettings {
-                url: url.clone(),
-                ..settings.database.clone()
-            })?),
+            Some(url) => Some(db::build_pool(database, url, PoolRole::Query)?),
             None => None,
         };
         let tls = TlsFiles::load(&settings.tls)?;
+        let hosts = Arc::new(AllowedHosts::new(&settings.public_hosts)?);
         let addrs = [settings.grpc_addr, settings.http_addr];
         let exposed = addrs.iter().any(|a| !a.ip().is_loopback());
-        let keys = KeySet::load(&pool, exposed).await?;
+        let keys = KeySet::load(&pools.background, exposed).await?;
         auth::check_exposure(&keys, &addrs)?;
-        let grpc_listener = bind(settings.grpc_addr, "gRPC").await?;
-        let http_listener = bind(settings.http_addr, "HTTP").await?;
         Ok(Self {
             settings,
             grpc_listener,
             http_listener,
-            pool,
+            pools,
             read_pool,
             metrics: Metrics::new(),
             keys,
             tls,
+            hosts,
         })
     }
 
@@ -125,11 +142,12 @@ impl App {
             settings,
             grpc_listener,
             http_listener,
-            pool,
+            pools,
             read_pool,
             metrics,
             keys,
             tls,
+            hosts,
         } = self;
         let grpc_addr = grpc_listener.local_addr().ok();
         let http_addr = http_listener.local_addr().ok();
@@ -151,12 +169,12 @@ impl App {
         ));
 
         let keys_task = tokio::spawn(keys.clone().run(
-            pool.clone(),
+            pools.background.clone(),
             settings.key_refresh_interval,
             stop.clone(),
         ));
         let fold_task = tokio::spawn(crate::jobs::fold_rollups(
-            pool.clone(),
+            pools.background.clone(),
             metrics.clone(),
             settings.rollup_interval,
             stop.clone(),
@@ -171,7 +189,7 @@ impl App {
         // write (see db/replica.rs).
         let write_lsn = read_pool.as_ref().map(|_| Arc::new(WriteLsn::default()));
         let reads = Arc::new(ReadPools::new(
-            pool.clone(),
+            pools.query.clone(),
             read_pool.clone(),
             write_lsn.clone().unwrap_or_default(),
             settings.replica_wait,
@@ -181,13 +199,13 @@ impl App {
         // served, so every notification after it reaches the live feed and
         // every one before it is in the table for replays.
         let hub = Hub::new(
-            pool.clone(),
+            pools.query.clone(),
             metrics.clone(),
             settings.alert_feed_capacity,
             stop.clone(),
         );
         let feed_start = {
-            let mut conn = db::connection(&pool).await?;
+            let mut conn = db::connection(&pools.background).await?;
             db::alerts::last_notification_id(&mut conn).await?
         };
         let feed_task = tokio::spawn(
@@ -195,14 +213,17 @@ impl App {
                 .listen(settings.database.url.clone(), feed_start),
         );
         // GetMetrics and the evaluator share the rollup answers they cache.
-        let query_cache = Arc::new(QueryCache::new(settings.query_cache_bytes));
+        let query_cache = Arc::new(Engine::new(
+            settings.query_cache_bytes,
+            settings.query_memory_bytes,
+        ));
         let evaluator_task = tokio::spawn(crate::alerts::evaluator::run(
             EvaluatorSettings {
                 database_url: settings.database.url.clone(),
                 interval: settings.alert_interval,
                 clock: settings.alert_clock.clone(),
             },
-            pool.clone(),
+            pools.background.clone(),
             query_cache.clone(),
             metrics.clone(),
             stop.clone(),
@@ -222,15 +243,17 @@ impl App {
         let max_message = settings.limits.max_message_bytes;
         // GetMetrics and the dashboard's JSON API answer through this one value.
         let query_api = QueryApi::new(
-            pool.clone(),
+            pools.query.clone(),
             query_cache,
             metrics.clone(),
             settings.limits.max_string_bytes,
         )
-        .with_reads(reads);
-        let key_limits = KeyLimits::new(settings.key_limits.clone());
+        .with_reads(reads)
+        .with_budget(settings.database.query_timeout);
+        let key_limits =
+            KeyLimits::new(settings.key_limits.clone(), settings.database.query_timeout);
         let ingest_state = Arc::new(IngestState {
-            pool: pool.clone(),
+            pool: pools.ingest.clone(),
             cache: IdCache::new(USER_CACHE_ENTRIES),
             metrics: metrics.clone(),
             limits: settings.limits.clone(),
@@ -238,14 +261,29 @@ impl App {
             retention: (settings.maintenance.retention_days > 0)
                 .then(|| chrono::TimeDelta::days(i64::from(settings.maintenance.retention_days))),
             key_limits: key_limits.clone(),
+            keys: keys.clone(),
         });
-        let mut builder = Server::builder();
+        let connections = &settings.connections;
+        let grpc_tracker = Tracker::new(
+            "grpc",
+            connections.grpc_max_connections,
+            connections,
+            metrics.clone(),
+        );
+        let http_tracker = Tracker::new(
+            "http",
+            connections.http_max_connections,
+            connections,
+            metrics.clone(),
+        );
+        let mut builder = listen::grpc_limits(Server::builder(), connections);
         if let Some(tls) = &tls {
             builder = builder
                 .tls_config(tls.grpc())
                 .map_err(|e| Error::InvalidArgument(format!("TLS for gRPC: {e}")))?;
         }
         let grpc = builder
+            .layer(TrackLayer)
             .layer(ObserveLayer::new(metrics.clone()))
             .layer(DecodeErrorsLayer)
             .layer(DeadlineLayer)
@@ -262,62 +300,53 @@ impl App {
             )
             .add_service(
                 AlertServiceServer::new(AlertApi::new(
-                    pool.clone(),
+                    pools.query.clone(),
                     hub,
                     settings.limits.max_string_bytes,
+                    keys.clone(),
                 ))
                 .max_decoding_message_size(max_message),
             )
             .serve_with_incoming_shutdown(
-                // Without TCP_NODELAY a small response can wait ~40 ms for
-                // the peer's delayed ACK (Nagle): measured p50 48 ms → 1 ms.
-                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                // Admitted under the connection cap and deadlines, with
+                // TCP_NODELAY (without it a small response waited ~40 ms
+                // for the peer's delayed ACK: p50 48 ms → 1 ms).
+                listen::incoming(grpc_listener, grpc_tracker),
                 stop.clone().cancelled_owned(),
             );
 
         let http_app = http::router(HttpState {
             metrics: metrics.clone(),
-            pool: pool.clone(),
+            pool: pools.query.clone(),
+            pools: vec![
+                (PoolRole::Ingest, pools.ingest.clone()),
+                (PoolRole::Query, pools.query.clone()),
+                (PoolRole::Background, pools.background.clone()),
+            ],
             query: query_api,
             keys,
             key_limits,
+            hosts,
             dashboard: Arc::new(settings.dashboard.clone()),
         });
 
         tracing::info!(
             grpc_addr = %display_addr(grpc_addr),
             http_addr = %display_addr(http_addr),
+            dashboard = %dashboard_url(http_addr, tls.is_some()),
             tls = tls.is_some(),
             "pulse serving"
         );
         // Both servers are fully built before either is spawned, so a
         // failure here never leaves one serving without the other.
-        let http: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match &tls {
-            None => Box::pin(
-                axum::serve(http_listener, http_app)
-                    .with_graceful_shutdown(stop.clone().cancelled_owned())
-                    .into_future(),
-            ),
-            Some(tls) => {
-                let listener = http_listener
-                    .into_std()
-                    .map_err(|e| Error::Internal(format!("HTTP listener: {e}")))?;
-                let handle = axum_server::Handle::new();
-                let server =
-                    axum_server::from_tcp_rustls(listener, tls.http()).handle(handle.clone());
-                let (stop, grace) = (stop.clone(), settings.shutdown_grace);
-                Box::pin(async move {
-                    // axum-server shuts down through its handle, not a future.
-                    let drain = async move {
-                        stop.cancelled().await;
-                        handle.graceful_shutdown(Some(grace));
-                    };
-                    let (served, ()) =
-                        tokio::join!(server.serve(http_app.into_make_service()), drain);
-                    served
-                })
-            }
-        };
+        let http = listen::serve_http(
+            http_listener,
+            http_app,
+            tls.as_ref().map(TlsFiles::http),
+            http_tracker,
+            settings.connections.clone(),
+            stop.clone(),
+        );
         let grpc_task = tokio::spawn(grpc);
         let http_task = tokio::spawn(http);
 
@@ -338,7 +367,9 @@ impl App {
         let _ = maintenance_task.await;
         let _ = evaluator_task.await;
         let _ = feed_task.await;
-        pool.close();
+        pools.ingest.close();
+        pools.query.close();
+        pools.background.close();
         if let Some(read_pool) = read_pool {
             read_pool.close();
         }
@@ -365,30 +396,54 @@ fn display_addr(addr: Option<SocketAddr>) -> String {
     addr.map_or_else(|| "?".to_owned(), |a| a.to_string())
 }
 
+/// The dashboard's URL as a browser on this machine reaches it (a wildcard
+/// address such as 0.0.0.0 is reached through loopback).
+fn dashboard_url(addr: Option<SocketAddr>, tls: bool) -> String {
+    let Some(mut addr) = addr else {
+        return "?".to_owned();
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("{}://{addr}/", if tls { "https" } else { "http" })
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot bind the {what} listener to {addr}: {e}")))
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives
+/// between the start-up log and the first poll (`App::run` polls it last)
+/// still shuts down cleanly instead of killing the process.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {},
+                        _ = terminate.recv() => {},
+                    }
+                }
+                // No handler could be installed: wait for Ctrl-C alone.
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -17,12 +17,18 @@
 //!   key's id or scope, never the key.
 //! * **`last_used_at` at most once a minute** per key and instance: uses are
 //!   noted in memory and written by the refresh loop.
+//! * **Revocation ends streams too.** Each reload is published on a watch
+//!   channel; [`KeySet::revoked`] resolves once a key is no longer in the
+//!   set, and the streaming handlers (IngestEvents, WatchAlerts) end their
+//!   call with [`revoked_status`] then, within a refresh interval.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -49,10 +55,26 @@ struct Touches {
     pending: Vec<Uuid>,
 }
 
+/// One reload's keys.
+#[derive(Default)]
+struct Snapshot {
+    by_hash: HashMap<KeyHash, Caller>,
+    /// The ids in `by_hash`, for revocation watchers.
+    ids: HashSet<Uuid>,
+}
+
+impl Snapshot {
+    fn new(by_hash: HashMap<KeyHash, Caller>) -> Self {
+        let ids = by_hash.values().map(|c| c.key_id).collect();
+        Self { by_hash, ids }
+    }
+}
+
 /// The keys this instance accepts.
 pub struct KeySet {
-    /// Accepted keys by hash; replaced whole by each reload.
-    keys: RwLock<Arc<HashMap<KeyHash, Caller>>>,
+    /// Accepted keys; replaced whole by each reload, which wakes the
+    /// revocation watchers.
+    keys: watch::Sender<Arc<Snapshot>>,
     /// A key is required even when none exists (a listener is not loopback).
     always_required: bool,
     touches: Mutex<Touches>,
@@ -63,7 +85,7 @@ impl KeySet {
     /// pure logic and for tools that never serve.
     pub fn empty(always_required: bool) -> Self {
         Self {
-            keys: RwLock::new(Arc::default()),
+            keys: watch::Sender::new(Arc::default()),
             always_required,
             touches: Mutex::default(),
         }
@@ -78,14 +100,31 @@ impl KeySet {
 
     /// True when no key exists (auth is then off on loopback servers).
     pub fn is_empty(&self) -> bool {
-        self.snapshot().is_empty()
+        self.snapshot().by_hash.is_empty()
     }
 
-    fn snapshot(&self) -> Arc<HashMap<KeyHash, Caller>> {
-        self.keys
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.keys.borrow().clone()
+    }
+
+    fn replace(&self, keys: HashMap<KeyHash, Caller>) {
+        self.keys.send_replace(Arc::new(Snapshot::new(keys)));
+    }
+
+    /// Resolves once `key_id` is no longer an accepted key (revoked, as
+    /// seen by a reload); at once if it is not one now. Never resolves for
+    /// a key that stays, even if the set is dropped.
+    pub fn revoked(&self, key_id: Uuid) -> impl Future<Output = ()> + Send + 'static {
+        let mut updates = self.keys.subscribe();
+        async move {
+            if updates
+                .wait_for(|snapshot| !snapshot.ids.contains(&key_id))
+                .await
+                .is_err()
+            {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Replaces the set with the database's keys and writes the queued
@@ -105,10 +144,7 @@ impl KeySet {
                 )
             })
             .collect();
-        *self
-            .keys
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(keys);
+        self.replace(keys);
         let used = std::mem::take(
             &mut self
                 .touches
@@ -151,7 +187,7 @@ impl KeySet {
         required: Scope,
     ) -> Result<Option<Caller>> {
         let keys = self.snapshot();
-        if keys.is_empty() && !self.always_required {
+        if keys.by_hash.is_empty() && !self.always_required {
             return Ok(None);
         }
         let header = authorization.ok_or_else(|| {
@@ -159,6 +195,7 @@ impl KeySet {
         })?;
         let key = bearer_token(header)?;
         let caller = *keys
+            .by_hash
             .get(&hash_key(key))
             .ok_or_else(|| Error::Unauthenticated("unknown or revoked API key".into()))?;
         if !caller.scope.allows(required) {
@@ -206,6 +243,14 @@ fn bearer_token(header: &[u8]) -> Result<&str> {
     }
 }
 
+/// How a stream of a revoked key ends.
+pub fn revoked_status(key_id: Uuid) -> tonic::Status {
+    Error::Unauthenticated(format!(
+        "API key {key_id} was revoked: this stream is ended; reconnect with a valid key"
+    ))
+    .into()
+}
+
 /// Refuses to serve beyond loopback while no key exists (SPEC §6).
 pub fn check_exposure(keys: &KeySet, addrs: &[SocketAddr]) -> Result<()> {
     let exposed: Vec<String> = addrs
@@ -235,8 +280,37 @@ mod tests {
             key_id: Uuid::now_v7(),
             scope,
         };
-        *set.keys.write().unwrap() = Arc::new(HashMap::from([(hash_key(&key), caller)]));
+        set.replace(HashMap::from([(hash_key(&key), caller)]));
         (set, key)
+    }
+
+    #[tokio::test]
+    async fn revocation_is_announced_to_watchers() {
+        let (set, key) = set_with(Scope::Ingest);
+        let caller = set
+            .authorize(Some(format!("Bearer {key}").as_bytes()), Scope::Ingest)
+            .unwrap()
+            .unwrap();
+        let revoked = tokio::spawn(set_revoked(&set, caller.key_id));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!revoked.is_finished(), "a live key is not revoked");
+        // A reload that keeps the key changes nothing.
+        set.replace(set.snapshot().by_hash.clone());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!revoked.is_finished());
+        set.replace(HashMap::new());
+        tokio::time::timeout(Duration::from_secs(1), revoked)
+            .await
+            .expect("the watcher wakes")
+            .unwrap();
+        // Already gone: resolves at once.
+        tokio::time::timeout(Duration::from_millis(100), set.revoked(caller.key_id))
+            .await
+            .expect("at once");
+    }
+
+    fn set_revoked(set: &KeySet, id: Uuid) -> impl Future<Output = ()> + Send + 'static {
+        set.revoked(id)
     }
 
     #[test]

@@ -1,21 +1,32 @@
-//! `pulse bench-queries`: GetMetrics latency for the dashboard's queries,
-//! side by side with the same question asked of the raw tables in SQL.
+//! `pulse bench-queries`: GetMetrics latency of the dashboard's queries,
+//! repeated and shifted, side by side with a baseline server (e.g. an older
+//! build on a copy of the same data) and the same question in plain SQL.
 //!
-//! A program that prints numbers, never a test that asserts a time. Each
-//! query is sent `--calls` times in a row with `end = now` at the moment of
-//! the call (as a polling dashboard would), and its p50/p99 are printed
-//! beside the median of `--sql-calls` runs of the equivalent plain SQL.
+//! A program that prints numbers, never a test that asserts a time. For each
+//! query shape:
+//!
+//! * **repeated**: the same request (`end` = now at the start of the run,
+//!   not minute-aligned) `--calls` times: what a polling dashboard costs;
+//! * **shifted**: the window moved back 61 s per call, `--calls` times, so
+//!   no answer is ever whole in a cache;
+//!
+//! each against the server and, with `--baseline-addr`, the baseline, one
+//! after the other so both meet the same machine load. With `--pid`
+//! (`--baseline-pid`) the server's resident memory after each shape and its
+//! peak (`VmHWM`) are printed. The plain-SQL column is the median of
+//! `--sql-calls` runs of a straightforward query over the raw tables.
 
 use std::time::{Duration, Instant};
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use clap::Args;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 use crate::grpc::convert::to_timestamp;
 use crate::grpc::proto::query_service_client::QueryServiceClient;
-use crate::grpc::proto::{Dimension, GetMetricsRequest, Granularity, Metric};
+use crate::grpc::proto::{Dimension, Filter, GetMetricsRequest, Granularity, Metric};
 
 /// Settings of `pulse bench-queries`.
 #[derive(Debug, Clone, Args)]
@@ -24,25 +35,48 @@ pub struct BenchQueriesSettings {
     #[arg(long = "grpc-addr", default_value = "http://127.0.0.1:50051")]
     pub grpc_addr: String,
 
-    /// The database behind it, for the plain-SQL baseline.
+    /// A second server asked the same questions, printed beside the first
+    /// (e.g. the previous build on a copy of the same database).
+    #[arg(long = "baseline-addr")]
+    pub baseline_addr: Option<String>,
+
+    /// Process id of the server, to report its resident memory.
+    #[arg(long)]
+    pub pid: Option<u32>,
+
+    /// Process id of the baseline server.
+    #[arg(long = "baseline-pid")]
+    pub baseline_pid: Option<u32>,
+
+    /// The database behind the server, for the plain-SQL column.
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/pulse"
     )]
     pub database_url: String,
 
-    /// GetMetrics calls per query.
-    #[arg(long, default_value_t = 200)]
+    /// GetMetrics calls per shape and mode.
+    #[arg(long, default_value_t = 100)]
     pub calls: usize,
 
+    /// Calls per shape and mode against the baseline (default: `--calls`;
+    /// fewer when the baseline takes seconds per call).
+    #[arg(long = "baseline-calls")]
+    pub baseline_calls: Option<usize>,
+
     /// Runs of each plain-SQL query (they take far longer).
-    #[arg(long = "sql-calls", default_value_t = 5)]
+    #[arg(long = "sql-calls", default_value_t = 3)]
     pub sql_calls: usize,
 
-    /// Skip the plain-SQL baseline.
+    /// Skip the plain-SQL column.
     #[arg(long = "no-sql")]
     pub no_sql: bool,
+
+    /// Only the shapes whose name contains this text.
+    #[arg(long)]
+    pub only: Option<String>,
 }
 
 struct Case {
@@ -51,65 +85,110 @@ struct Case {
     range: TimeDelta,
     granularity: Granularity,
     group_by: Dimension,
+    filter: Option<Filter>,
     sql: &'static str,
 }
 
 fn cases() -> Vec<Case> {
+    let case = |name, metric, range, granularity, group_by, sql| Case {
+        name,
+        metric,
+        range,
+        granularity,
+        group_by,
+        filter: None,
+        sql,
+    };
     vec![
+        case(
+            "events/min by type, 24 h",
+            Metric::Events,
+            TimeDelta::hours(24),
+            Granularity::Minute,
+            Dimension::EventType,
+            r#"SELECT date_trunc('minute', e."timestamp"), t.name, count(*) FROM events e
+               JOIN event_types t USING (event_type_id)
+               WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1, 2"#,
+        ),
+        case(
+            "unique users/hour, 7 d",
+            Metric::UniqueUsers,
+            TimeDelta::days(7),
+            Granularity::Hour,
+            Dimension::Unspecified,
+            r#"SELECT date_trunc('hour', "timestamp"), count(DISTINCT user_id) FROM events
+               WHERE "timestamp" >= $1 AND "timestamp" < $2 AND user_id IS NOT NULL GROUP BY 1"#,
+        ),
+        case(
+            "top 10 pages, 24 h",
+            Metric::Pageviews,
+            TimeDelta::hours(24),
+            Granularity::Total,
+            Dimension::PageUrl,
+            r#"SELECT p.page_url, count(*) FROM pageviews p JOIN events e USING (event_id)
+               WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1 ORDER BY 2 DESC LIMIT 10"#,
+        ),
+        case(
+            "revenue/hour, 7 d",
+            Metric::Revenue,
+            TimeDelta::days(7),
+            Granularity::Hour,
+            Dimension::Unspecified,
+            r#"SELECT date_trunc('hour', e."timestamp"), sum(p.amount) FROM purchases p JOIN events e USING (event_id)
+               WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1"#,
+        ),
+        case(
+            "top 10 products by revenue, 7 d",
+            Metric::Revenue,
+            TimeDelta::days(7),
+            Granularity::Total,
+            Dimension::ProductId,
+            r#"SELECT p.product_id, sum(p.amount) FROM purchases p JOIN events e USING (event_id)
+               WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1 ORDER BY 2 DESC LIMIT 10"#,
+        ),
+        case(
+            "purchases, last 5 min",
+            Metric::Purchases,
+            TimeDelta::minutes(5),
+            Granularity::Total,
+            Dimension::Unspecified,
+            r#"SELECT count(*) FROM purchases p JOIN events e USING (event_id)
+               WHERE e."timestamp" >= $1 AND e."timestamp" < $2"#,
+        ),
+        case(
+            "visitors per page, top 10, 24 h",
+            Metric::UniqueUsers,
+            TimeDelta::hours(24),
+            Granularity::Total,
+            Dimension::PageUrl,
+            r#"SELECT p.page_url, count(DISTINCT p.user_id) FROM pageviews p JOIN events e USING (event_id)
+               WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1 ORDER BY 2 DESC LIMIT 10"#,
+        ),
+        case(
+            "unique users by page per day, 6 d",
+            Metric::UniqueUsers,
+            TimeDelta::days(6),
+            Granularity::Day,
+            Dimension::PageUrl,
+            r#"SELECT date_trunc('day', e."timestamp"), p.page_url, count(DISTINCT p.user_id)
+               FROM pageviews p JOIN events e USING (event_id)
+               WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1, 2"#,
+        ),
         Case {
-            name: "events/min by type, 24 h",
-            metric: Metric::Events,
-            range: TimeDelta::hours(24),
-            granularity: Granularity::Minute,
-            group_by: Dimension::EventType,
-            sql: r#"SELECT date_trunc('minute', e."timestamp"), t.name, count(*) FROM events e
-                    JOIN event_types t USING (event_type_id)
-                    WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1, 2"#,
-        },
-        Case {
-            name: "unique users/hour, 7 d",
-            metric: Metric::UniqueUsers,
-            range: TimeDelta::days(7),
-            granularity: Granularity::Hour,
-            group_by: Dimension::Unspecified,
-            sql: r#"SELECT date_trunc('hour', "timestamp"), count(DISTINCT user_id) FROM events
-                    WHERE "timestamp" >= $1 AND "timestamp" < $2 AND user_id IS NOT NULL GROUP BY 1"#,
-        },
-        Case {
-            name: "top 10 pages, 24 h",
-            metric: Metric::Pageviews,
-            range: TimeDelta::hours(24),
-            granularity: Granularity::Total,
-            group_by: Dimension::PageUrl,
-            sql: r#"SELECT p.page_url, count(*) FROM pageviews p JOIN events e USING (event_id)
-                    WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1 ORDER BY 2 DESC LIMIT 10"#,
-        },
-        Case {
-            name: "revenue/hour, 7 d",
-            metric: Metric::Revenue,
-            range: TimeDelta::days(7),
-            granularity: Granularity::Hour,
-            group_by: Dimension::Unspecified,
-            sql: r#"SELECT date_trunc('hour', e."timestamp"), sum(p.amount) FROM purchases p JOIN events e USING (event_id)
-                    WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1"#,
-        },
-        Case {
-            name: "top 10 products by revenue, 7 d",
-            metric: Metric::Revenue,
-            range: TimeDelta::days(7),
-            granularity: Granularity::Total,
-            group_by: Dimension::ProductId,
-            sql: r#"SELECT p.product_id, sum(p.amount) FROM purchases p JOIN events e USING (event_id)
-                    WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1 ORDER BY 2 DESC LIMIT 10"#,
-        },
-        Case {
-            name: "purchases, last 5 min",
-            metric: Metric::Purchases,
-            range: TimeDelta::minutes(5),
-            granularity: Granularity::Total,
-            group_by: Dimension::Unspecified,
-            sql: r#"SELECT count(*) FROM purchases p JOIN events e USING (event_id)
-                    WHERE e."timestamp" >= $1 AND e."timestamp" < $2"#,
+            filter: Some(Filter {
+                page_url: "/".into(),
+                ..Filter::default()
+            }),
+            ..case(
+                "unique users of page /, per day, 6 d",
+                Metric::UniqueUsers,
+                TimeDelta::days(6),
+                Granularity::Day,
+                Dimension::Unspecified,
+                r#"SELECT date_trunc('day', e."timestamp"), count(DISTINCT p.user_id)
+                   FROM pageviews p JOIN events e USING (event_id)
+                   WHERE e."timestamp" >= $1 AND e."timestamp" < $2 AND p.page_url = '/' GROUP BY 1"#,
+            )
         },
     ]
 }
@@ -122,11 +201,72 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
 }
 
-/// Runs the benchmark and prints one row per query.
-pub async fn run(settings: BenchQueriesSettings) -> Result<()> {
-    let mut client = QueryServiceClient::connect(settings.grpc_addr.clone())
+/// `VmRSS` and `VmHWM` of a process, in MiB.
+fn memory(pid: Option<u32>) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    let field = |name: &str| -> Option<f64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn request(case: &Case, end: DateTime<Utc>) -> GetMetricsRequest {
+    GetMetricsRequest {
+        metric: case.metric as i32,
+        start: Some(to_timestamp(end - case.range)),
+        end: Some(to_timestamp(end)),
+        granularity: case.granularity as i32,
+        filter: case.filter.clone(),
+        group_by: case.group_by as i32,
+        limit: 10,
+    }
+}
+
+/// (repeated p50, p99, shifted p50, p99) in ms.
+async fn measure(
+    client: &mut QueryServiceClient<Channel>,
+    case: &Case,
+    calls: usize,
+    end: DateTime<Utc>,
+) -> Result<[f64; 4]> {
+    let mut out = [0.0; 4];
+    for (mode, shift) in [(0, TimeDelta::zero()), (2, TimeDelta::seconds(61))] {
+        let mut times = Vec::with_capacity(calls);
+        for i in 0..calls {
+            let request = request(case, end - shift * i as i32);
+            let started = Instant::now();
+            client
+                .get_metrics(request)
+                .await
+                .map_err(|s| Error::Internal(format!("{}: {s}", case.name)))?;
+            times.push(started.elapsed());
+        }
+        times.sort();
+        out[mode] = percentile(&times, 50.0);
+        out[mode + 1] = percentile(&times, 99.0);
+    }
+    Ok(out)
+}
+
+async fn connect(addr: &str) -> Result<QueryServiceClient<Channel>> {
+    QueryServiceClient::connect(addr.to_owned())
         .await
-        .map_err(|e| Error::Unavailable(format!("cannot reach {}: {e}", settings.grpc_addr)))?;
+        .map_err(|e| Error::Unavailable(format!("cannot reach {addr}: {e}")))
+}
+
+fn mem_text(m: Option<(f64, f64)>) -> String {
+    m.map_or_else(String::new, |(rss, hwm)| format!("{rss:.0}/{hwm:.0}"))
+}
+
+/// Runs the benchmark and prints one row per query shape.
+pub async fn run(settings: BenchQueriesSettings) -> Result<()> {
+    let mut client = connect(&settings.grpc_addr).await?;
+    let mut baseline = match &settings.baseline_addr {
+        Some(addr) => Some(connect(addr).await?),
+        None => None,
+    };
     let mut conn = if settings.no_sql {
         None
     } else {
@@ -137,41 +277,53 @@ pub async fn run(settings: BenchQueriesSettings) -> Result<()> {
         )
     };
     println!(
-        "{:<34} {:>9} {:>9} {:>9} {:>9} {:>12} {:>8}",
-        "query", "first ms", "p50 ms", "p99 ms", "max ms", "plain SQL ms", "SQL/p50"
+        "{} calls per mode; repeated = same request, shifted = window moved back 61 s per call; ms; memory = RSS/peak MiB",
+        settings.calls
     );
+    println!(
+        "{:<38} {:>8} {:>8} {:>8} {:>8} {:>9} | {:>8} {:>8} {:>8} {:>8} {:>9} | {:>9}",
+        "query",
+        "rep p50",
+        "rep p99",
+        "shf p50",
+        "shf p99",
+        "memory",
+        "base rep",
+        "p99",
+        "base shf",
+        "p99",
+        "memory",
+        "plain SQL"
+    );
+    let end = Utc::now();
     for case in cases() {
-        let mut times = Vec::with_capacity(settings.calls);
-        let mut first = f64::NAN;
-        for i in 0..settings.calls {
-            let end = Utc::now();
-            let request = GetMetricsRequest {
-                metric: case.metric as i32,
-                start: Some(to_timestamp(end - case.range)),
-                end: Some(to_timestamp(end)),
-                granularity: case.granularity as i32,
-                filter: None,
-                group_by: case.group_by as i32,
-                limit: 10,
-            };
-            let started = Instant::now();
-            client
-                .get_metrics(request)
-                .await
-                .map_err(|s| Error::Internal(format!("{}: {s}", case.name)))?;
-            let elapsed = started.elapsed();
-            if i == 0 {
-                first = elapsed.as_secs_f64() * 1000.0;
-            }
-            times.push(elapsed);
+        if settings
+            .only
+            .as_deref()
+            .is_some_and(|o| !case.name.contains(o))
+        {
+            continue;
         }
-        times.sort();
+        let ours = measure(&mut client, &case, settings.calls, end).await?;
+        let ours_mem = memory(settings.pid);
+        let theirs = match baseline.as_mut() {
+            Some(b) => Some(
+                measure(
+                    b,
+                    &case,
+                    settings.baseline_calls.unwrap_or(settings.calls),
+                    end,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let theirs_mem = memory(settings.baseline_pid);
         let sql_ms = match conn.as_mut() {
             None => f64::NAN,
             Some(conn) => {
                 let mut sql_times = Vec::new();
                 for _ in 0..settings.sql_calls.max(1) {
-                    let end = Utc::now();
                     let started = Instant::now();
                     diesel::sql_query(case.sql)
                         .bind::<diesel::sql_types::Timestamptz, _>(end - case.range)
@@ -184,16 +336,21 @@ pub async fn run(settings: BenchQueriesSettings) -> Result<()> {
                 sql_times[sql_times.len() / 2].as_secs_f64() * 1000.0
             }
         };
-        let p50 = percentile(&times, 50.0);
+        let t = theirs.unwrap_or([f64::NAN; 4]);
         println!(
-            "{:<34} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>12.1} {:>7.0}x",
+            "{:<38} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} | {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} | {:>9.1}",
             case.name,
-            first,
-            p50,
-            percentile(&times, 99.0),
-            percentile(&times, 100.0),
-            sql_ms,
-            sql_ms / p50
+            ours[0],
+            ours[1],
+            ours[2],
+            ours[3],
+            mem_text(ours_mem),
+            t[0],
+            t[1],
+            t[2],
+            t[3],
+            mem_text(theirs_mem),
+            sql_ms
         );
     }
     Ok(())

@@ -82,8 +82,10 @@ pub enum MigrateAction {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum KeysAction {
-    /// Create a key and print it, alone on the last line (shown only once;
-    /// only its hash is stored). Creates and migrates the database if needed.
+    /// Create a key and print it, alone, on standard output (shown only
+    /// once; only its hash is stored; its id goes to standard error). The
+    /// key is committed only once it was written. Creates and migrates the
+    /// database if needed.
     Create {
         /// What the key may call: ingest, query or admin (everything).
         #[arg(long, value_parser = parse_scope)]
@@ -91,6 +93,10 @@ pub enum KeysAction {
         /// A name for people: who or what holds the key.
         #[arg(long)]
         name: String,
+        /// Create it only if no active key exists; otherwise create nothing
+        /// and succeed (first-start automation, e.g. docker-compose.yml).
+        #[arg(long = "if-none")]
+        if_none: bool,
         #[command(flatten)]
         database: DatabaseSettings,
     },

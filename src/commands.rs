@@ -1,10 +1,33 @@
 //! The subcommands, each a plain async function over its settings.
+//!
+//! Results go to standard output through [`out`], which never panics: a
+//! closed pipe (`pulse keys list | head -1`) becomes an error and a non-zero
+//! exit, where `println!` would abort with exit 101. Text that came from
+//! the database (key names, which people type) is escaped with
+//! [`escape_control`] so it cannot forge a row or recolour the terminal.
+
+use std::fmt::Display;
+use std::io::Write;
 
 use crate::app::{App, shutdown_signal};
 use crate::cli::{KeysAction, MigrateAction, RollupsAction};
 use crate::config::ServeSettings;
 use crate::db;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::text::escape_control;
+
+/// Writes one line of a command's result to standard output and flushes it.
+pub fn out(line: impl Display) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Error::Unavailable(format!("cannot write to standard output: {e}")))
+}
+
+/// Writes a note for people to standard error; a closed stderr is ignored.
+pub fn note(line: impl Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
 
 /// `pulse serve`: runs until SIGINT/SIGTERM.
 pub async fn serve(settings: ServeSettings) -> Result<()> {
@@ -19,15 +42,15 @@ pub async fn migrate(action: MigrateAction) -> Result<()> {
             db::ensure_database(&database.url).await?;
             let applied = db::migrations::run_pending(&database.url).await?;
             if applied.is_empty() {
-                println!("nothing to apply: the schema is up to date");
+                out("nothing to apply: the schema is up to date")?;
             }
             for version in applied {
-                println!("applied {version}");
+                out(format_args!("applied {}", escape_control(&version)))?;
             }
         }
         MigrateAction::Revert { all, database } => {
             for version in db::migrations::revert(&database.url, all).await? {
-                println!("reverted {version}");
+                out(format_args!("reverted {}", escape_control(&version)))?;
             }
         }
         MigrateAction::Status { database } => {
@@ -37,7 +60,10 @@ pub async fn migrate(action: MigrateAction) -> Result<()> {
                 } else {
                     "pending"
                 };
-                println!("{state:8} {}", migration.version);
+                out(format_args!(
+                    "{state:8} {}",
+                    escape_control(&migration.version)
+                ))?;
             }
         }
     }
@@ -47,14 +73,19 @@ pub async fn migrate(action: MigrateAction) -> Result<()> {
 /// `pulse keys create|list|revoke`. Each opens one connection of its own;
 /// `create` first creates and migrates the database, like `serve`, so the
 /// first key can exist before the first start.
+///
+/// `create` prints the key, alone, as the only line on standard output, and
+/// commits it only once that line is written: a key that could not be
+/// shown (a closed pipe) is rolled back, so no key exists that nobody saw.
+/// Its id and the advice go to standard error, after the commit.
 pub async fn keys(action: KeysAction) -> Result<()> {
     use crate::domain::key::{NewKey, validate_name};
     use diesel_async::{AsyncConnection, AsyncPgConnection};
 
     let connect = |url: String| async move {
-        AsyncPgConnection::establish(&url).await.map_err(|e| {
-            crate::error::Error::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
-        })
+        AsyncPgConnection::establish(&url)
+            .await
+            .map_err(|e| db::cannot_connect(&url, e))
     };
     let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
         t.map_or_else(
@@ -66,45 +97,60 @@ pub async fn keys(action: KeysAction) -> Result<()> {
         KeysAction::Create {
             scope,
             name,
+            if_none,
             database,
         } => {
             let name = validate_name(&name)?;
             db::ensure_database(&database.url).await?;
             db::migrations::run_pending(&database.url).await?;
             let mut conn = connect(database.url).await?;
+            if if_none && !db::keys::active(&mut conn).await?.is_empty() {
+                println!("an active API key exists already (`pulse keys list`): none created");
+                return Ok(());
+            }
             let key = NewKey::generate();
-            let id = db::keys::create(&mut conn, name, scope, &key.hash).await?;
-            println!("created API key {id} ({}, scope {})", name, scope.as_str());
-            println!("send it as `authorization: Bearer <key>`; it is shown only this once:");
-            println!("{}", key.secret);
+            let id = conn
+                .transaction::<_, Error, _>(async |conn| {
+                    let id = db::keys::create(conn, name, scope, &key.hash).await?;
+                    out(&key.secret)
+                        .map_err(|e| Error::Unavailable(format!("{e}; the key was not created")))?;
+                    Ok(id)
+                })
+                .await?;
+            note(format_args!(
+                "created API key {id} ({}, scope {}): the key printed above is shown only this once; \
+                 send it as `authorization: Bearer <key>`",
+                escape_control(name),
+                scope.as_str()
+            ));
         }
         KeysAction::List { database } => {
             let mut conn = connect(database.url).await?;
-            println!(
+            out(format_args!(
                 "{:36}  {:6}  {:20}  {:20}  {:20}  name",
                 "id", "scope", "created", "last used", "revoked"
-            );
+            ))?;
             for key in db::keys::list(&mut conn).await? {
-                println!(
+                out(format_args!(
                     "{:36}  {:6}  {:20}  {:20}  {:20}  {}",
                     key.id,
-                    key.scope,
+                    escape_control(&key.scope),
                     when(Some(key.created_at)),
                     when(key.last_used_at),
                     when(key.revoked_at),
-                    key.name
-                );
+                    escape_control(&key.name)
+                ))?;
             }
         }
         KeysAction::Revoke { id, database } => {
             let mut conn = connect(database.url).await?;
             let key = db::keys::revoke(&mut conn, id).await?;
-            println!(
+            out(format_args!(
                 "revoked API key {} ({}) at {}; servers refuse it within seconds",
                 key.id,
-                key.name,
+                escape_control(&key.name),
                 when(key.revoked_at)
-            );
+            ))?;
         }
     }
     Ok(())
@@ -117,18 +163,20 @@ pub async fn rollups(action: RollupsAction) -> Result<()> {
             use diesel_async::AsyncConnection;
             let mut conn = diesel_async::AsyncPgConnection::establish(&database.url)
                 .await
-                .map_err(|e| {
-                    crate::error::Error::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
-                })?;
+                .map_err(|e| db::cannot_connect(&database.url, e))?;
             let started = std::time::Instant::now();
+            // Progress only: a closed stdout must not stop the rebuild.
             let mut report = |day: chrono::DateTime<chrono::Utc>, rows: u64| {
-                println!("{}  {rows} delta rows folded", day.format("%Y-%m-%d"));
+                let _ = out(format_args!(
+                    "{}  {rows} delta rows folded",
+                    day.format("%Y-%m-%d")
+                ));
             };
             let total = db::rollups::rebuild(&mut conn, &mut report).await?;
-            println!(
+            out(format_args!(
                 "rebuilt rollups: {total} delta rows in {:.1} s",
                 started.elapsed().as_secs_f64()
-            );
+            ))?;
         }
     }
     Ok(())

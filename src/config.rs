@@ -15,16 +15,20 @@ use crate::alerts::clock::SharedClock;
 
 /// Where the database is and how many connections Pulse may hold.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Database")]
 pub struct DatabaseSettings {
-    /// PostgreSQL URL. The database is created if it does not exist.
+    /// PostgreSQL URL; the database is created if missing. A password in it
+    /// is never shown (help, logs, errors).
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/pulse"
     )]
     pub url: String,
 
-    /// Most connections held by one Pulse process.
+    /// Connections for ingest (IngestEvents, UpsertUsers). Queries and
+    /// background work have pools of their own, so they never take these.
     #[arg(
         long = "db-pool-size",
         env = "PULSE_DB_POOL_SIZE",
@@ -32,13 +36,38 @@ pub struct DatabaseSettings {
     )]
     pub pool_size: usize,
 
+    /// Connections for queries: GetMetrics, the dashboard API, alert rules
+    /// and WatchAlerts replays.
+    #[arg(
+        long = "db-query-pool-size",
+        env = "PULSE_DB_QUERY_POOL_SIZE",
+        default_value_t = 8
+    )]
+    pub query_pool_size: usize,
+
+    /// Connections for background work: rollup folds, the alert evaluator,
+    /// API-key reloads.
+    #[arg(
+        long = "db-background-pool-size",
+        env = "PULSE_DB_BACKGROUND_POOL_SIZE",
+        default_value_t = 6
+    )]
+    pub background_pool_size: usize,
+
     /// How long a call waits for a free connection before failing with UNAVAILABLE.
     #[arg(long = "db-pool-timeout", env = "PULSE_DB_POOL_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub pool_timeout: Duration,
 
-    /// Server-side limit on one SQL statement (PostgreSQL `statement_timeout`).
+    /// Server-side limit on one SQL statement (PostgreSQL `statement_timeout`)
+    /// of ingest and background work.
     #[arg(long = "db-statement-timeout", env = "PULSE_DB_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub statement_timeout: Duration,
+
+    /// Budget of one query (GetMetrics, a dashboard API read) on the
+    /// database: past it the statement is cancelled and the call refused
+    /// with RESOURCE_EXHAUSTED, instead of holding a connection.
+    #[arg(long = "db-query-timeout", env = "PULSE_DB_QUERY_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub query_timeout: Duration,
 }
 
 /// Output format of the logs.
@@ -50,8 +79,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logging settings, shared by every subcommand.
+/// Logging settings, shared by every subcommand. Colours only when stderr
+/// is a terminal and `NO_COLOR` is unset.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Logging")]
 pub struct LogSettings {
     /// Log format.
     #[arg(long = "log-format", env = "PULSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -64,6 +95,7 @@ pub struct LogSettings {
 
 /// Limits on what clients may send. Every limit is enforced with a clear error.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Limits on what clients send")]
 pub struct IngestLimits {
     /// Largest gRPC message accepted, in bytes (RESOURCE_EXHAUSTED above it).
     #[arg(long = "max-message-bytes", env = "PULSE_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
@@ -96,6 +128,16 @@ pub struct IngestLimits {
         default_value_t = 1000
     )]
     pub max_errors_reported: usize,
+
+    /// Most distinct event types the database may hold (at most 32,767: the
+    /// id is a smallint). An event of a new type past it is rejected alone.
+    #[arg(
+        long = "max-event-types",
+        env = "PULSE_MAX_EVENT_TYPES",
+        default_value_t = 10_000,
+        value_parser = parse_max_event_types
+    )]
+    pub max_event_types: usize,
 }
 
 impl Default for IngestLimits {
@@ -106,13 +148,25 @@ impl Default for IngestLimits {
             max_data_bytes: 8 * 1024,
             max_string_bytes: 2048,
             max_errors_reported: 1000,
+            max_event_types: 10_000,
         }
+    }
+}
+
+fn parse_max_event_types(text: &str) -> Result<usize, String> {
+    let max = crate::db::ingest::MAX_EVENT_TYPE_IDS;
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{text}` is not a number of event types from 1 to {max} (event type ids are smallints)"
+        )),
     }
 }
 
 /// Per-API-key abuse limits (per instance; 0 turns a limit off). Calls
 /// without a key (no key exists, loopback only) are not limited.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Per-API-key limits")]
 pub struct KeyLimitSettings {
     /// Ingest events per second per key (RESOURCE_EXHAUSTED with a retry hint above it).
     #[arg(
@@ -137,6 +191,14 @@ pub struct KeyLimitSettings {
         default_value_t = 32
     )]
     pub max_ingest_streams: u32,
+
+    /// GetMetrics calls and dashboard API requests running at once per key.
+    #[arg(
+        long = "key-max-concurrent-queries",
+        env = "PULSE_KEY_MAX_CONCURRENT_QUERIES",
+        default_value_t = 4
+    )]
+    pub max_concurrent_queries: u32,
 }
 
 impl Default for KeyLimitSettings {
@@ -145,12 +207,87 @@ impl Default for KeyLimitSettings {
             events_per_second: 50_000,
             queries_per_second: 200,
             max_ingest_streams: 32,
+            max_concurrent_queries: 4,
+        }
+    }
+}
+
+/// How both listeners treat connections: caps, handshake and idle
+/// timeouts, HTTP/2 limits (see `src/listen.rs`).
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionSettings {
+    /// Most open connections on the gRPC listener; past it the connection
+    /// idle longest is closed to make room (or the new one refused if every
+    /// connection has a call running).
+    #[arg(
+        long = "grpc-max-connections",
+        env = "PULSE_GRPC_MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub grpc_max_connections: usize,
+
+    /// Most open connections on the HTTP listener (same policy).
+    #[arg(
+        long = "http-max-connections",
+        env = "PULSE_HTTP_MAX_CONNECTIONS",
+        default_value_t = 256
+    )]
+    pub http_max_connections: usize,
+
+    /// A new connection must have sent its first complete request (TLS
+    /// handshake, HTTP/2 preface, HTTP/1 headers) within this, or it is closed.
+    #[arg(long = "header-read-timeout", env = "PULSE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A connection with no request running for this long is closed.
+    #[arg(long = "idle-timeout", env = "PULSE_IDLE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Most concurrent HTTP/2 streams (calls) per connection.
+    #[arg(
+        long = "http2-max-concurrent-streams",
+        env = "PULSE_HTTP2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 1024
+    )]
+    pub http2_max_concurrent_streams: u32,
+
+    /// Streams a client may open and reset before the server accepts them,
+    /// per connection (the "rapid reset" attack); past it the connection is
+    /// closed.
+    #[arg(
+        long = "http2-max-pending-reset-streams",
+        env = "PULSE_HTTP2_MAX_PENDING_RESET_STREAMS",
+        default_value_t = 20
+    )]
+    pub http2_max_pending_reset_streams: usize,
+
+    /// How often an HTTP/2 connection is pinged to find peers that vanished.
+    #[arg(long = "http2-keepalive-interval", env = "PULSE_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a ping may go unanswered before the connection is closed.
+    #[arg(long = "http2-keepalive-timeout", env = "PULSE_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            grpc_max_connections: 1024,
+            http_max_connections: 256,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            http2_max_concurrent_streams: 1024,
+            http2_max_pending_reset_streams: 20,
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
 
 /// Optional TLS for both listeners; both files or neither.
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "TLS")]
 pub struct TlsSettings {
     /// PEM certificate chain served on the gRPC and HTTP listeners.
     #[arg(long = "tls-cert", env = "PULSE_TLS_CERT")]
@@ -163,6 +300,7 @@ pub struct TlsSettings {
 
 /// What the dashboard shows (handed to the page in `/api/v1/dashboard`).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Dashboard")]
 pub struct DashboardSettings {
     /// ISO 4217 code of the currency purchase amounts are in (USD, EUR, JPY, ...); the dashboard formats revenue in it.
     #[arg(long = "currency", env = "PULSE_CURRENCY", default_value = "USD", value_parser = parse_currency)]
@@ -197,47 +335,66 @@ pub struct ServeSettings {
 
     /// Address of the gRPC listener (port 0 picks a free port).
     #[arg(
+        help_heading = "Listeners",
         long = "grpc-addr",
         env = "PULSE_GRPC_ADDR",
         default_value = "127.0.0.1:50051"
     )]
     pub grpc_addr: SocketAddr,
 
-    /// Address of the HTTP listener (dashboard, /metrics).
+    /// Address of the HTTP listener (dashboard, /metrics, /healthz, /readyz).
     #[arg(
+        help_heading = "Listeners",
         long = "http-addr",
         env = "PULSE_HTTP_ADDR",
         default_value = "127.0.0.1:8080"
     )]
     pub http_addr: SocketAddr,
 
+    /// Names (`name` or `name:port`) the HTTP listener answers to besides IP
+    /// addresses and `localhost`; requests naming any other Host are refused
+    /// (DNS rebinding). Repeat the flag, or separate names with commas.
+    #[arg(long = "public-host", env = "PULSE_PUBLIC_HOST", value_delimiter = ',')]
+    pub public_hosts: Vec<String>,
+
     /// Do not run pending migrations at start (fail if any are pending).
-    #[arg(long = "no-migrate", env = "PULSE_NO_MIGRATE")]
+    #[arg(
+        long = "no-migrate",
+        env = "PULSE_NO_MIGRATE",
+        help_heading = "Database"
+    )]
     pub no_migrate: bool,
 
     /// How often the database is probed for the health service.
-    #[arg(long = "health-interval", env = "PULSE_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(help_heading = "Background work", long = "health-interval", env = "PULSE_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub health_interval: Duration,
 
     /// How long in-flight calls get to finish after SIGINT/SIGTERM.
-    #[arg(long = "shutdown-grace", env = "PULSE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(help_heading = "Background work", long = "shutdown-grace", env = "PULSE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
     /// How often pending rollup deltas are folded into the rollup tables.
-    #[arg(long = "rollup-interval", env = "PULSE_ROLLUP_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(help_heading = "Background work", long = "rollup-interval", env = "PULSE_ROLLUP_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     pub rollup_interval: Duration,
 
     /// Memory for the GetMetrics cache, in bytes (0 turns it off).
-    #[arg(long = "query-cache-bytes", env = "PULSE_QUERY_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    #[arg(help_heading = "Background work", long = "query-cache-bytes", env = "PULSE_QUERY_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub query_cache_bytes: usize,
 
+    /// Rollup data one GetMetrics request may hold, in bytes: a request
+    /// that needs more (e.g. minute series over a week of a dimension with
+    /// very many values) is refused with RESOURCE_EXHAUSTED.
+    #[arg(help_heading = "Background work", long = "query-memory-bytes", env = "PULSE_QUERY_MEMORY_BYTES", default_value_t = 48 * 1024 * 1024)]
+    pub query_memory_bytes: usize,
+
     /// How often the evaluating instance evaluates every alert rule.
-    #[arg(long = "alert-interval", env = "PULSE_ALERT_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(help_heading = "Background work", long = "alert-interval", env = "PULSE_ALERT_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     pub alert_interval: Duration,
 
     /// Live notifications buffered per instance; a WatchAlerts subscriber
     /// further behind than this is caught up from the table.
     #[arg(
+        help_heading = "Background work",
         long = "alert-feed-capacity",
         env = "PULSE_ALERT_FEED_CAPACITY",
         default_value_t = 1024
@@ -251,7 +408,7 @@ pub struct ServeSettings {
 
     /// How often the API keys are reloaded from the database (how soon a
     /// new or revoked key takes effect on this instance).
-    #[arg(long = "key-refresh-interval", env = "PULSE_KEY_REFRESH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(help_heading = "Background work", long = "key-refresh-interval", env = "PULSE_KEY_REFRESH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub key_refresh_interval: Duration,
 
     #[command(flatten)]
@@ -264,6 +421,9 @@ pub struct ServeSettings {
     pub tls: TlsSettings,
 
     #[command(flatten)]
+    pub connections: ConnectionSettings,
+
+    #[command(flatten)]
     pub maintenance: MaintenanceSettings,
 
     #[command(flatten)]
@@ -271,18 +431,24 @@ pub struct ServeSettings {
 
     /// PostgreSQL URL of a streaming replica for GetMetrics reads (none:
     /// every read goes to the primary). See ARCHITECTURE.md "Read replica".
-    #[arg(long = "read-database-url", env = "PULSE_READ_DATABASE_URL")]
+    #[arg(
+        long = "read-database-url",
+        env = "PULSE_READ_DATABASE_URL",
+        hide_env_values = true,
+        help_heading = "Read replica"
+    )]
     pub read_database_url: Option<String>,
 
     /// Longest wait for the replica to replay this instance's last write
     /// before a read falls back to the primary.
-    #[arg(long = "replica-wait", env = "PULSE_REPLICA_WAIT", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(help_heading = "Read replica", long = "replica-wait", env = "PULSE_REPLICA_WAIT", default_value = "200ms", value_parser = parse_duration)]
     pub replica_wait: Duration,
 }
 
 /// Scheduled maintenance jobs of `pulse serve` (each runs on one instance
 /// at a time). An interval or a retention of 0 turns the job off.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Maintenance jobs")]
 pub struct MaintenanceSettings {
     /// Raw events (and their pageview/purchase details) older than this many
     /// days are deleted; rollups are kept. 0 keeps raw events forever.
@@ -330,16 +496,21 @@ impl ServeSettings {
             database: DatabaseSettings {
                 url: database_url.to_owned(),
                 pool_size: 16,
+                query_pool_size: 8,
+                background_pool_size: 6,
                 pool_timeout: Duration::from_secs(5),
                 statement_timeout: Duration::from_secs(30),
+                query_timeout: Duration::from_secs(2),
             },
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_hosts: Vec::new(),
             no_migrate: false,
             health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             rollup_interval: Duration::from_millis(500),
             query_cache_bytes: 32 * 1024 * 1024,
+            query_memory_bytes: 48 * 1024 * 1024,
             alert_interval: Duration::from_millis(500),
             alert_feed_capacity: 1024,
             alert_clock: SharedClock::default(),
@@ -347,6 +518,7 @@ impl ServeSettings {
             limits: IngestLimits::default(),
             key_limits: KeyLimitSettings::default(),
             tls: TlsSettings::default(),
+            connections: ConnectionSettings::default(),
             maintenance: MaintenanceSettings::default(),
             dashboard: DashboardSettings::default(),
             read_database_url: None,

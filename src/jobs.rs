@@ -29,11 +29,21 @@ pub async fn fold_rollups(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
+    // A fold moves at most `FOLD_BATCH` rows per delta table; when it moved
+    // that many, more are waiting (a backlog): fold again at once.
+    let mut backlog = false;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.cancelled() => return,
+        if backlog {
+            if shutdown.is_cancelled() {
+                return;
+            }
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.cancelled() => return,
+            }
         }
+        backlog = false;
         let started = Instant::now();
         let result = async {
             let mut conn = connection(&pool).await?;
@@ -50,6 +60,7 @@ pub async fn fold_rollups(
                     .rollup_fold_duration
                     .observe(started.elapsed().as_secs_f64());
                 metrics.rollup_folded_rows.inc_by(outcome.delta_rows);
+                backlog = outcome.delta_rows >= rollups::FOLD_BATCH as u64;
                 if outcome.delta_rows > 0 {
                     tracing::debug!(
                         rows = outcome.delta_rows,

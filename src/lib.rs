@@ -13,14 +13,20 @@
 //!   [`http`] serves `/metrics` and the dashboard.
 //! * [`domain`] holds validated types and rules, with no I/O.
 //! * [`db`] is storage: the pool, migrations, and one function per query.
+//! * [`query`] answers metric queries for every transport: the plan, the
+//!   bucket cache, the merge into ranked series.
 //! * [`bench`] is `pulse bench-queries`, the GetMetrics latency benchmark.
 //! * [`jobs`] are background loops of `serve` (rollup folding).
 //! * [`alerts`] runs alerting inside `serve`: the evaluator (one instance
 //!   at a time) and the hub that streams notifications to subscribers.
 //! * [`auth`] is API-key authentication and [`limits`] the per-key rate
 //!   and stream limits, shared by both transports.
-//! * [`tls`] reads and checks the optional TLS certificate and key.
-//! * [`error`] is the error policy; [`telemetry`] is logging and metrics.
+//! * [`tls`] reads and checks the optional TLS certificate and key;
+//!   [`listen`] caps each listener's connections and closes those that
+//!   never finish a handshake or sit idle.
+//! * [`error`] is the error policy; [`telemetry`] is logging and metrics;
+//!   [`text`] escapes client text for logs and terminal tables;
+//!   [`redact`] keeps passwords in database URLs out of what is printed.
 //! * [`loadgen`] is `pulse loadgen`: a deterministic event generator that
 //!   drives `IngestEvents` or writes the same rows as CSV for `psql \copy`.
 //! * [`demo`] is `pulse demo`: a server plus synthetic traffic and alert
@@ -41,6 +47,10 @@ pub mod grpc;
 pub mod http;
 pub mod jobs;
 pub mod limits;
+pub mod listen;
 pub mod loadgen;
+pub mod query;
+pub mod redact;
 pub mod telemetry;
+pub mod text;
 pub mod tls;

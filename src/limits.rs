@@ -1,5 +1,11 @@
-//! Per-key abuse limits: ingest events per second, queries per second, and
-//! concurrent `IngestEvents` streams, each per API key (and per instance).
+//! Per-key abuse limits: ingest events per second (the users of
+//! `UpsertUsers` count as events), queries per second, concurrent
+//! `IngestEvents` streams and concurrent queries (`GetMetrics`, dashboard
+//! API requests), each per API key (and per instance). The query cap keeps
+//! one key from filling the query pool with slow calls; a query over it
+//! waits for a slot at most the query budget (a dashboard's burst of a
+//! dozen cached reads queues for milliseconds), then is refused. A stream
+//! over its cap is refused at once: streams are long.
 //!
 //! Rates are token buckets holding at most one second's worth. A request
 //! is let through whenever the bucket is not in debt and takes what it
@@ -16,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::config::KeyLimitSettings;
@@ -72,19 +79,29 @@ impl Exceeded {
 pub struct KeyLimits {
     settings: KeyLimitSettings,
     buckets: Mutex<HashMap<(Uuid, Meter), Bucket>>,
+    /// Open IngestEvents streams per key.
     streams: Mutex<HashMap<Uuid, u32>>,
+    /// Running queries per key: a semaphore of `max_concurrent_queries`
+    /// permits, dropped from the map when nobody holds or awaits it.
+    queries: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    /// Longest wait for a query slot (the query budget).
+    query_wait: Duration,
 }
 
 impl KeyLimits {
-    pub fn new(settings: KeyLimitSettings) -> Arc<Self> {
+    /// The limits of `settings`; a query waits at most `query_wait` for a
+    /// slot among its key's concurrent queries.
+    pub fn new(settings: KeyLimitSettings, query_wait: Duration) -> Arc<Self> {
         Arc::new(Self {
             settings,
             buckets: Mutex::default(),
             streams: Mutex::default(),
+            queries: Mutex::default(),
+            query_wait,
         })
     }
 
-    /// Takes `events` ingest events from `key`'s budget.
+    /// Takes `events` ingest events (or `UpsertUsers` users) from `key`'s budget.
     pub fn take_events(&self, key: Uuid, events: u64) -> Result<(), Exceeded> {
         self.take(key, Meter::Events, self.settings.events_per_second, events)
     }
@@ -152,6 +169,59 @@ impl KeyLimits {
             key,
         })
     }
+
+    /// A slot among `key`'s concurrent queries, held until the returned
+    /// value is dropped; waits for one at most the query budget.
+    pub async fn start_query(self: &Arc<Self>, key: Uuid) -> Result<QuerySlot, Exceeded> {
+        let max = self.settings.max_concurrent_queries;
+        if max == 0 {
+            return Ok(QuerySlot { held: None });
+        }
+        let semaphore = self
+            .queries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(max as usize)))
+            .clone();
+        let permit = match semaphore.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => tokio::time::timeout(self.query_wait, semaphore.acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+        match permit {
+            Some(permit) => Ok(QuerySlot {
+                held: Some((self.clone(), key, permit)),
+            }),
+            None => {
+                self.forget_idle_semaphore(key);
+                Err(Exceeded {
+                    message: format!(
+                        "API key {key} already has {max} queries running and none ended within {} ms (PULSE_KEY_MAX_CONCURRENT_QUERIES); retry later",
+                        self.query_wait.as_millis()
+                    ),
+                    retry_after: self.query_wait.max(Duration::from_millis(100)),
+                })
+            }
+        }
+    }
+
+    /// Drops `key`'s semaphore once no query holds or awaits it (the map
+    /// holds the only reference), so the map does not grow with old keys.
+    fn forget_idle_semaphore(&self, key: Uuid) {
+        let mut queries = self
+            .queries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if queries
+            .get(&key)
+            .is_some_and(|semaphore| Arc::strong_count(semaphore) == 1)
+        {
+            queries.remove(&key);
+        }
+    }
 }
 
 /// One open stream; closes it on drop however the call ends.
@@ -176,16 +246,35 @@ impl Drop for StreamGuard {
     }
 }
 
+/// A running query's slot (none when the key's cap is off); released on
+/// drop however the call ends.
+pub struct QuerySlot {
+    held: Option<(Arc<KeyLimits>, Uuid, OwnedSemaphorePermit)>,
+}
+
+impl Drop for QuerySlot {
+    fn drop(&mut self) {
+        if let Some((limits, key, permit)) = self.held.take() {
+            drop(permit);
+            limits.forget_idle_semaphore(key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn limits(events: u32, queries: u32, streams: u32) -> Arc<KeyLimits> {
-        KeyLimits::new(KeyLimitSettings {
-            events_per_second: events,
-            queries_per_second: queries,
-            max_ingest_streams: streams,
-        })
+        KeyLimits::new(
+            KeyLimitSettings {
+                events_per_second: events,
+                queries_per_second: queries,
+                max_ingest_streams: streams,
+                max_concurrent_queries: streams,
+            },
+            Duration::from_millis(50),
+        )
     }
 
     #[test]
@@ -220,5 +309,41 @@ mod tests {
         assert!(l.open_stream(Uuid::now_v7()).is_ok());
         drop(a);
         assert!(l.open_stream(key).is_ok());
+    }
+
+    #[tokio::test]
+    async fn running_queries_wait_briefly_for_a_slot_then_are_refused() {
+        let l = limits(0, 0, 2);
+        let key = Uuid::now_v7();
+        let _streams = (l.open_stream(key).unwrap(), l.open_stream(key).unwrap());
+        let a = l.start_query(key).await.unwrap();
+        let _b = l.start_query(key).await.unwrap();
+        let Err(refused) = l.start_query(key).await else {
+            panic!("a third query of a key capped at 2 passed");
+        };
+        assert!(refused.message.contains("PULSE_KEY_MAX_CONCURRENT_QUERIES"));
+        assert_eq!(refused.into_status().code(), tonic::Code::ResourceExhausted);
+        // A slot that frees up within the wait is taken.
+        let waiting = tokio::spawn({
+            let l = l.clone();
+            async move { l.start_query(key).await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(a);
+        assert!(waiting.await.unwrap());
+        assert!(l.start_query(Uuid::now_v7()).await.is_ok(), "per key");
+        assert!(
+            limits(0, 0, 0).start_query(key).await.is_ok(),
+            "0 is no limit"
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_keys_leave_no_semaphore_behind() {
+        let l = limits(0, 0, 2);
+        for _ in 0..10 {
+            let _slot = l.start_query(Uuid::now_v7()).await.unwrap();
+        }
+        assert!(l.queries.lock().unwrap().is_empty());
     }
 }

@@ -23,7 +23,12 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("pulse: {error}");
+            // Never a panic, even with stderr closed; an error may quote a
+            // database URL: never its password.
+            commands::note(format_args!(
+                "pulse: {}",
+                pulse::redact::secrets(&error.to_string())
+            ));
             ExitCode::FAILURE
         }
     }

@@ -14,20 +14,50 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format;
 
 use crate::config::{LogFormat, LogSettings};
 
 /// Installs the global `tracing` subscriber. Safe to call twice (the second
 /// call does nothing), so tests may call it too.
+///
+/// Text logs escape control characters in every field, the message
+/// included ([`escaped_fields`]): values often quote client input (an id
+/// that is not a UUID, an error naming a bad field), and a newline in one
+/// must not forge a log line. JSON logs are escaped by JSON itself.
 pub fn init_logging(settings: &LogSettings) {
     let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal: a log file, a pipe or
+    // a container's log driver gets plain text (and `NO_COLOR` turns it off).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match settings.format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(escaped_fields()).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// The text format's fields: `message name=value …` like tracing's default,
+/// with every value (and the message) passed through
+/// [`escape_control`](crate::text::escape_control), whether it was recorded
+/// with `%` (Display), `?` (Debug) or as a plain string.
+pub fn escaped_fields() -> impl for<'writer> FormatFields<'writer> + Send + Sync + 'static {
+    format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = crate::text::escape_control(&text);
+        if field.name() == "message" {
+            write!(writer, "{text}")
+        } else {
+            write!(writer, "{}={text}", field.name())
+        }
+    })
+    .delimited(" ")
 }
 
 /// Labels of one RPC outcome.
@@ -75,6 +105,27 @@ pub struct JobNameLabels {
     pub job: String,
 }
 
+/// Labels of a listener (`grpc`, `http`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+/// Labels of a closed connection: its listener and why it ended
+/// (`ended`: by the peer or the protocol; `handshake_timeout`,
+/// `idle_timeout`, `evicted` to make room, `refused` at the cap).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    pub listener: String,
+    pub reason: String,
+}
+
+/// Labels of a connection pool (`ingest`, `query`, `background`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+}
+
 /// Labels of a table rows were deleted from.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabels {
@@ -104,11 +155,11 @@ pub struct Metrics {
     pub alert_subscribers: Gauge,
     pub alert_subscriber_catchups: Counter,
     pub alert_subscriber_lag: Histogram,
-    /// Database pool gauges, set from `pool.status()` at each scrape.
-    pub db_pool_max_size: Gauge,
-    pub db_pool_size: Gauge,
-    pub db_pool_available: Gauge,
-    pub db_pool_waiting: Gauge,
+    /// Database pool gauges by pool, set from `pool.status()` at each scrape.
+    pub db_pool_max_size: Family<PoolLabels, Gauge>,
+    pub db_pool_size: Family<PoolLabels, Gauge>,
+    pub db_pool_available: Family<PoolLabels, Gauge>,
+    pub db_pool_waiting: Family<PoolLabels, Gauge>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Family<HttpLabels, Histogram>,
     pub job_runs: Family<JobLabels, Counter>,
@@ -116,6 +167,10 @@ pub struct Metrics {
     pub job_last_success: Family<JobNameLabels, Gauge>,
     pub retention_deleted_rows: Family<TableLabels, Counter>,
     pub replica_reads: Family<OutcomeLabels, Counter>,
+    pub queries_over_budget: Counter,
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    pub connections_accepted: Family<ListenerLabels, Counter>,
+    pub connections_closed: Family<CloseLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -281,25 +336,49 @@ impl Metrics {
             "GetMetrics reads by where they went: replica, or primary after the replica lagged (fallback_lag) or failed (fallback_error)",
             replica_reads.clone(),
         );
-        let db_pool_max_size = Gauge::default();
+        let queries_over_budget = Counter::default();
+        registry.register(
+            "queries_over_budget",
+            "GetMetrics answers and dashboard reads cancelled past the query budget (--db-query-timeout) and refused with RESOURCE_EXHAUSTED",
+            queries_over_budget.clone(),
+        );
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Connections open now, by listener (grpc, http)",
+            connections_open.clone(),
+        );
+        let connections_accepted = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_accepted",
+            "Connections accepted, by listener",
+            connections_accepted.clone(),
+        );
+        let connections_closed = Family::<CloseLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections closed, by listener and reason (ended, handshake_timeout, idle_timeout, evicted, refused)",
+            connections_closed.clone(),
+        );
+        let db_pool_max_size = Family::<PoolLabels, Gauge>::default();
         registry.register(
             "database_pool_max_connections",
-            "Most connections the pool may open (--db-pool-size)",
+            "Most connections each pool may open (ingest: --db-pool-size, query: --db-query-pool-size, background: --db-background-pool-size)",
             db_pool_max_size.clone(),
         );
-        let db_pool_size = Gauge::default();
+        let db_pool_size = Family::<PoolLabels, Gauge>::default();
         registry.register(
             "database_pool_connections",
             "Connections the pool holds open now, idle or in use",
             db_pool_size.clone(),
         );
-        let db_pool_available = Gauge::default();
+        let db_pool_available = Family::<PoolLabels, Gauge>::default();
         registry.register(
             "database_pool_idle_connections",
             "Open connections not in use now",
             db_pool_available.clone(),
         );
-        let db_pool_waiting = Gauge::default();
+        let db_pool_waiting = Family::<PoolLabels, Gauge>::default();
         registry.register(
             "database_pool_waiting_tasks",
             "Tasks waiting for a connection now (the pool is exhausted while above 0)",
@@ -352,6 +431,10 @@ impl Metrics {
             job_last_success,
             retention_deleted_rows,
             replica_reads,
+            queries_over_budget,
+            connections_open,
+            connections_accepted,
+            connections_closed,
         })
     }
 
@@ -375,14 +458,25 @@ impl Metrics {
             .inc();
     }
 
-    /// Records the pool's state; called at each scrape, so the gauges are
+    /// Records a pool's state; called at each scrape, so the gauges are
     /// as fresh as the scrape.
-    pub fn observe_pool(&self, status: deadpool::Status) {
+    pub fn observe_pool(&self, pool: &str, status: deadpool::Status) {
         let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.db_pool_max_size.set(gauge(status.max_size));
-        self.db_pool_size.set(gauge(status.size));
-        self.db_pool_available.set(gauge(status.available));
-        self.db_pool_waiting.set(gauge(status.waiting));
+        let labels = PoolLabels {
+            pool: pool.to_owned(),
+        };
+        self.db_pool_max_size
+            .get_or_create(&labels)
+            .set(gauge(status.max_size));
+        self.db_pool_size
+            .get_or_create(&labels)
+            .set(gauge(status.size));
+        self.db_pool_available
+            .get_or_create(&labels)
+            .set(gauge(status.available));
+        self.db_pool_waiting
+            .get_or_create(&labels)
+            .set(gauge(status.waiting));
     }
 
     /// Counts one read by where it went (replica or a fallback).
@@ -400,5 +494,53 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A writer into a shared buffer, for reading back what was logged.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_logs_keep_client_values_on_one_line() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(escaped_fields())
+            .with_writer(move || writer.clone())
+            .finish();
+        let forged = "x\n2026-01-01T00:00:00.000000Z  INFO pulse: forged\x1b[2J";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(id = %forged, quoted = forged, debug = ?forged, "rpc {forged}");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(text.contains(" WARN "), "{text}");
+        assert!(
+            text.contains(
+                "rpc x\\n2026-01-01T00:00:00.000000Z  INFO pulse: forged\\u{1b}[2J id=x\\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("quoted=\"x\\n"), "{text}");
     }
 }

@@ -3,8 +3,9 @@
 //! The files are read and checked once in `App::build`, before anything
 //! binds, so a wrong path or a key that does not match its certificate stops
 //! the start with a clear error. gRPC serves them through tonic's rustls
-//! acceptor (ALPN `h2`); HTTP through axum-server's rustls acceptor (ALPN
-//! `http/1.1`). Both use the `ring` provider: no C toolchain beyond ring's.
+//! acceptor (ALPN `h2`); HTTP through tokio-rustls in Pulse's own accept
+//! loop (`listen.rs`, ALPN `http/1.1`). Both use the `ring` provider: no C
+//! toolchain beyond ring's.
 
 use std::sync::Arc;
 
@@ -66,8 +67,8 @@ impl TlsFiles {
     }
 
     /// The HTTP listener's configuration.
-    pub fn http(&self) -> axum_server::tls_rustls::RustlsConfig {
-        axum_server::tls_rustls::RustlsConfig::from_config(self.http.clone())
+    pub fn http(&self) -> Arc<rustls::ServerConfig> {
+        self.http.clone()
     }
 }
 

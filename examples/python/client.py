@@ -2,8 +2,10 @@
 """A small Pulse client in Python (grpcio): streams events, reads a metric,
 and watches alerts.
 
-    pip install grpcio grpcio-tools
-    python3 examples/python/client.py --target 127.0.0.1:50051 --events 100
+    python3 -m venv .venv && .venv/bin/pip install grpcio grpcio-tools
+    .venv/bin/python3 examples/python/client.py --target 127.0.0.1:50051 --events 100
+
+(scripts/setup makes that .venv, with pinned versions.)
 
 The stubs are generated at run time from ../../proto into a temporary
 folder with grpcio-tools, so they always match the server's contract.

@@ -30,10 +30,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::clock::SharedClock;
-use crate::db::metrics::QueryCache;
 use crate::db::{self, PgPool, connection};
 use crate::domain::alert::{self, EvalKey, Evaluation, NotificationState, StateCounts};
 use crate::error::{Error, Result};
+use crate::query::Engine;
 use crate::telemetry::{Metrics, StateLabels};
 
 /// Metric queries of one tick that run at the same time (each on its own
@@ -57,7 +57,7 @@ pub struct EvaluatorSettings {
 pub async fn run(
     settings: EvaluatorSettings,
     pool: PgPool,
-    cache: Arc<QueryCache>,
+    cache: Arc<Engine>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -168,7 +168,7 @@ fn set_counts(metrics: &Metrics, counts: StateCounts) {
 /// One evaluation of every rule at the clock's current time.
 async fn tick(
     pool: &PgPool,
-    cache: &QueryCache,
+    cache: &Engine,
     clock: &SharedClock,
     metrics: &Metrics,
     last_seen: &mut HashMap<Uuid, (i64, Evaluation)>,
@@ -248,14 +248,13 @@ async fn tick(
 /// The value of one (metric, filter, window) over the window ending `now`.
 async fn evaluate(
     pool: &PgPool,
-    cache: &QueryCache,
+    cache: &Engine,
     key: &EvalKey,
     now: DateTime<Utc>,
 ) -> Result<Evaluation> {
     let query = key.query(now)?;
     let mut conn = connection(pool).await?;
-    let (series, _approximate, _cache_use) =
-        db::metrics::get_metrics(&mut conn, cache, &query).await?;
+    let series = cache.answer(&mut conn, &query).await?.series;
     // An ungrouped TOTAL answer is one zero-filled series.
     let value = series.first().map_or(0.0, |s| s.total);
     let (window_start, window_end) = key.window(now);

@@ -1,6 +1,15 @@
 //! The ingest write path: one batch of validated events into `events`,
-//! `pageviews` and `purchases`, with users and event types registered on
-//! first sight.
+//! `pageviews` and `purchases`, with users registered on first sight and
+//! event types registered, before the batch, by [`register_types`].
+//!
+//! The event-type registry is bounded: `events.event_type_id` is a
+//! `smallint` (2 bytes on a table of millions of rows), so at most 32,767
+//! types can ever exist, and `--max-event-types` caps them lower. Ids come
+//! from no sequence: [`register_types`] takes a transaction-scoped advisory
+//! lock, counts the types, and gives the new names the lowest free ids, so a
+//! conflict, a rollback or a race spends no id, and concurrent streams (on
+//! any instance) can never pass the cap together. Names past the cap are
+//! refused one by one; the caller rejects their events alone.
 //!
 //! A batch costs one statement in the common case: the users and types of a
 //! warm stream come from [`IdCache`], and the events with their details are
@@ -13,20 +22,29 @@
 //! `ON CONFLICT DO NOTHING` makes a resent event a duplicate whatever its
 //! timestamp.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
 
 use bigdecimal::BigDecimal;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Int2, Int4, Int8, Jsonb, Nullable, Numeric, Text, Timestamptz};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel::sql_types::{
+    Array, BigInt, Int2, Int4, Int8, Jsonb, Nullable, Numeric, Text, Timestamptz,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::schema::{event_types, users};
 use crate::domain::event::{Detail, ValidEvent};
 use crate::domain::user::UserUpsert;
 use crate::error::{Error, Result};
+
+/// Most event types the schema can hold: `event_type_id` is a positive
+/// `smallint` (0 stands for "any type" in `rollup_user_sets`).
+pub const MAX_EVENT_TYPE_IDS: usize = i16::MAX as usize;
+
+/// Serialises event-type registration across sessions and instances.
+const EVENT_TYPES_LOCK: i64 = 0x5075_6c73_6506;
 
 /// Process-wide caches of the surrogate keys of users and event types.
 ///
@@ -37,6 +55,8 @@ pub struct IdCache {
     types: RwLock<HashMap<String, i16>>,
     users: Mutex<HashMap<String, i64>>,
     max_users: usize,
+    /// `dimension_values` ids by (dimension, value); bounded like users.
+    values: Mutex<HashMap<(i16, String), i32>>,
 }
 
 impl IdCache {
@@ -45,10 +65,12 @@ impl IdCache {
             types: RwLock::default(),
             users: Mutex::default(),
             max_users,
+            values: Mutex::default(),
         }
     }
 
-    fn type_id(&self, name: &str) -> Option<i16> {
+    /// The id of a registered type, if this process has seen it.
+    pub fn type_id(&self, name: &str) -> Option<i16> {
         self.types.read().ok()?.get(name).copied()
     }
 
@@ -60,6 +82,27 @@ impl IdCache {
         if let Ok(mut types) = self.types.write() {
             for (id, name) in found {
                 types.insert(name.clone(), *id);
+            }
+        }
+    }
+
+    fn value_id(&self, dimension: i16, value: &str) -> Option<i32> {
+        // The key is owned; a lookup by borrowed parts would need a
+        // custom key type for a cost that does not show.
+        self.values
+            .lock()
+            .ok()?
+            .get(&(dimension, value.to_owned()))
+            .copied()
+    }
+
+    fn remember_values(&self, dimension: i16, found: &[(i32, String)]) {
+        if let Ok(mut values) = self.values.lock() {
+            if values.len() + found.len() > self.max_users {
+                values.clear();
+            }
+            for (id, value) in found {
+                values.insert((dimension, value.clone()), *id);
             }
         }
     }
@@ -104,6 +147,26 @@ pub async fn write_events(
 
     let type_ids = resolve_types(conn, cache, events).await?;
     let user_ids = resolve_users(conn, cache, events).await?;
+    let pages = resolve_values(
+        conn,
+        cache,
+        PAGES,
+        events.iter().filter_map(|e| match &e.detail {
+            Detail::Pageview { page_url } => Some(page_url.as_str()),
+            _ => None,
+        }),
+    )
+    .await?;
+    let products = resolve_values(
+        conn,
+        cache,
+        PRODUCTS,
+        events.iter().filter_map(|e| match &e.detail {
+            Detail::Purchase { product_id, .. } => Some(product_id.as_str()),
+            _ => None,
+        }),
+    )
+    .await?;
 
     let n = events.len();
     let mut ids = Vec::with_capacity(n);
@@ -113,8 +176,10 @@ pub async fn write_events(
     let mut data: Vec<Option<serde_json::Value>> = Vec::with_capacity(n);
     let mut pv_ids = Vec::new();
     let mut pv_urls: Vec<&str> = Vec::new();
+    let mut pv_values: Vec<i32> = Vec::new();
     let mut pu_ids = Vec::new();
     let mut pu_products: Vec<&str> = Vec::new();
+    let mut pu_values: Vec<i32> = Vec::new();
     let mut pu_quantities: Vec<i32> = Vec::new();
     let mut pu_amounts: Vec<&BigDecimal> = Vec::new();
     for event in events.iter() {
@@ -128,6 +193,7 @@ pub async fn write_events(
             Detail::Pageview { page_url } => {
                 pv_ids.push(event.event_id);
                 pv_urls.push(page_url);
+                pv_values.push(pages[page_url.as_str()]);
             }
             Detail::Purchase {
                 product_id,
@@ -136,6 +202,7 @@ pub async fn write_events(
             } => {
                 pu_ids.push(event.event_id);
                 pu_products.push(product_id);
+                pu_values.push(products[product_id.as_str()]);
                 pu_quantities.push(*quantity);
                 pu_amounts.push(amount);
             }
@@ -157,6 +224,8 @@ pub async fn write_events(
             .bind::<Array<Text>, _>(&pu_products)
             .bind::<Array<Int4>, _>(&pu_quantities)
             .bind::<Array<Numeric>, _>(&pu_amounts)
+            .bind::<Array<Int4>, _>(&pv_values)
+            .bind::<Array<Int4>, _>(&pu_values)
             .load::<InsertedRow>(conn)
             .await;
         match result {
@@ -173,43 +242,50 @@ pub async fn write_events(
     }
 }
 
-/// The batch statement. `$1..$5` are the events, `$6..$7` the pageviews,
-/// `$8..$11` the purchases. Everything downstream of `ins` sees only the
-/// events that were new, so a duplicate leaves no trace: details are
-/// inserted for them alone, and the rollup deltas (see `db/rollups.rs`)
-/// count them alone, in the same statement and so the same transaction.
+/// The batch statement. `$1..$5` are the events, `$6..$7` the pageviews
+/// with `$12` their page ids, `$8..$11` the purchases with `$13` their
+/// product ids (`dimension_values.value_id`). Everything downstream of `ins`
+/// sees only the events that were new, so a duplicate leaves no trace:
+/// details are inserted for them alone, and the rollup deltas (see
+/// `db/rollups.rs`) count them alone, in the same statement and so the
+/// same transaction.
 const INSERT_EVENTS: &str = r#"
 WITH ins AS (
     INSERT INTO events (event_id, "timestamp", user_id, event_type_id, data)
     SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::int8[], $4::int2[], $5::jsonb[])
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id, user_id, date_trunc('minute', "timestamp", 'UTC') AS minute, event_type_id
+), pv_new AS (
+    SELECT d.event_id, d.page_url, d.value_id, ins.user_id, ins.minute, ins.event_type_id
+    FROM unnest($6::uuid[], $7::text[], $12::int4[]) AS d(event_id, page_url, value_id)
+    JOIN ins USING (event_id)
+), pu_new AS (
+    SELECT d.event_id, d.product_id, d.quantity, d.amount, d.value_id, ins.user_id, ins.minute, ins.event_type_id
+    FROM unnest($8::uuid[], $9::text[], $10::int4[], $11::numeric[], $13::int4[])
+        AS d(event_id, product_id, quantity, amount, value_id)
+    JOIN ins USING (event_id)
 ), pv AS (
     INSERT INTO pageviews (event_id, user_id, page_url)
-    SELECT d.event_id, ins.user_id, d.page_url
-    FROM unnest($6::uuid[], $7::text[]) AS d(event_id, page_url)
-    JOIN ins USING (event_id)
-    RETURNING event_id, page_url
+    SELECT event_id, user_id, page_url FROM pv_new
 ), pu AS (
     INSERT INTO purchases (event_id, user_id, product_id, quantity, amount)
-    SELECT d.event_id, ins.user_id, d.product_id, d.quantity, d.amount
-    FROM unnest($8::uuid[], $9::text[], $10::int4[], $11::numeric[])
-        AS d(event_id, product_id, quantity, amount)
-    JOIN ins USING (event_id)
-    RETURNING event_id, product_id, quantity, amount
-), type_deltas AS (
-    INSERT INTO rollup_type_deltas (minute, event_type_id, events)
-    SELECT minute, event_type_id, count(*) FROM ins GROUP BY 1, 2
-), page_deltas AS (
-    INSERT INTO rollup_page_deltas (minute, page_url, pageviews)
-    SELECT ins.minute, pv.page_url, count(*) FROM pv JOIN ins USING (event_id) GROUP BY 1, 2
-), product_deltas AS (
-    INSERT INTO rollup_product_deltas (minute, product_id, purchases, quantity, revenue)
-    SELECT ins.minute, pu.product_id, count(*), sum(pu.quantity), sum(pu.amount)
-    FROM pu JOIN ins USING (event_id) GROUP BY 1, 2
-), user_deltas AS (
-    INSERT INTO rollup_user_deltas (minute, event_type_id, user_id)
-    SELECT DISTINCT minute, event_type_id, user_id FROM ins WHERE user_id IS NOT NULL
+    SELECT event_id, user_id, product_id, quantity, amount FROM pu_new
+), count_deltas AS (
+    INSERT INTO rollup_count_deltas (minute, dimension, value_id, event_type_id, events, quantity, revenue)
+    SELECT ins.minute, 0, 0, ins.event_type_id, count(*), coalesce(sum(p.quantity), 0), coalesce(sum(p.amount), 0)
+    FROM ins LEFT JOIN pu_new p USING (event_id) GROUP BY ins.minute, ins.event_type_id
+    UNION ALL
+    SELECT minute, 1, value_id, event_type_id, count(*), 0, 0 FROM pv_new GROUP BY minute, value_id, event_type_id
+    UNION ALL
+    SELECT minute, 2, value_id, event_type_id, count(*), sum(quantity), sum(amount)
+    FROM pu_new GROUP BY minute, value_id, event_type_id
+), set_deltas AS (
+    INSERT INTO rollup_set_deltas (minute, dimension, value_id, event_type_id, user_id)
+    SELECT DISTINCT minute, 0, 0, event_type_id, user_id FROM ins WHERE user_id IS NOT NULL
+    UNION ALL
+    SELECT DISTINCT minute, 1, value_id, event_type_id, user_id FROM pv_new WHERE user_id IS NOT NULL
+    UNION ALL
+    SELECT DISTINCT minute, 2, value_id, event_type_id, user_id FROM pu_new WHERE user_id IS NOT NULL
 )
 SELECT event_id FROM ins
 "#;
@@ -223,7 +299,106 @@ fn is_retryable(error: &diesel::result::Error) -> bool {
     }
 }
 
-/// Ids of the batch's event types, registering new ones.
+#[derive(QueryableByName)]
+struct TypeRow {
+    #[diesel(sql_type = Int2)]
+    event_type_id: i16,
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Makes sure every name of `names` is a registered event type, as long as
+/// the registry holds fewer than `max_types`; returns the names refused
+/// because it was full. Registered ids enter `cache`.
+pub async fn register_types(
+    conn: &mut AsyncPgConnection,
+    cache: &IdCache,
+    names: &[&str],
+    max_types: usize,
+) -> Result<HashSet<String>> {
+    let mut missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|name| cache.type_id(name).is_none())
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let cap = max_types.min(MAX_EVENT_TYPE_IDS) as i64;
+    let (found, refused) = conn
+        .transaction::<_, Error, _>(async |conn| {
+            diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+                .bind::<BigInt, _>(EVENT_TYPES_LOCK)
+                .execute(conn)
+                .await?;
+            // Under the lock: what another stream or instance registered
+            // meanwhile, and how many types exist.
+            let mut found: Vec<TypeRow> = diesel::sql_query(
+                "SELECT event_type_id, name FROM event_types WHERE name = ANY($1)",
+            )
+            .bind::<Array<Text>, _>(&missing)
+            .load(conn)
+            .await?;
+            let known: HashSet<&str> = found.iter().map(|t| t.name.as_str()).collect();
+            let new: Vec<&str> = missing
+                .iter()
+                .copied()
+                .filter(|name| !known.contains(name))
+                .collect();
+            let existing: Count = diesel::sql_query("SELECT count(*) AS n FROM event_types")
+                .get_result(conn)
+                .await?;
+            let room = usize::try_from((cap - existing.n).max(0)).unwrap_or(0);
+            let (admitted, refused) = new.split_at(room.min(new.len()));
+            if !admitted.is_empty() {
+                // The lowest free ids, in name order: no sequence, so
+                // nothing is spent by a conflict or a rollback.
+                let inserted: Vec<TypeRow> = diesel::sql_query(
+                    "INSERT INTO event_types (event_type_id, name)
+                     SELECT free.id::int2, names.name
+                     FROM (SELECT name, row_number() OVER (ORDER BY name) AS k
+                           FROM unnest($1::text[]) AS name) AS names
+                     JOIN (SELECT id, row_number() OVER (ORDER BY id) AS k
+                           FROM generate_series(1, $2::int) AS id
+                           WHERE NOT EXISTS (SELECT 1 FROM event_types t WHERE t.event_type_id = id)) AS free
+                       USING (k)
+                     RETURNING event_type_id, name",
+                )
+                .bind::<Array<Text>, _>(admitted)
+                .bind::<Int4, _>(MAX_EVENT_TYPE_IDS as i32)
+                .load(conn)
+                .await?;
+                if inserted.len() != admitted.len() {
+                    return Err(Error::Internal(format!(
+                        "registered {} of {} event types: no free id left",
+                        inserted.len(),
+                        admitted.len()
+                    )));
+                }
+                found.extend(inserted);
+            }
+            let refused: HashSet<String> = refused.iter().map(|n| (*n).to_owned()).collect();
+            Ok((found, refused))
+        })
+        .await?;
+    let found: Vec<(i16, String)> = found
+        .into_iter()
+        .map(|t| (t.event_type_id, t.name))
+        .collect();
+    cache.remember_types(&found);
+    Ok(refused)
+}
+
+/// Ids of the batch's event types. Every type was registered by
+/// [`register_types`] before the batch was formed, so this only reads.
 async fn resolve_types(
     conn: &mut AsyncPgConnection,
     cache: &IdCache,
@@ -246,19 +421,6 @@ async fn resolve_types(
     if missing.is_empty() {
         return Ok(resolved);
     }
-    missing.sort_unstable();
-    // Only names not stored yet are inserted, so no identity value is spent
-    // on a conflict (the key is a smallint).
-    diesel::sql_query(
-        "INSERT INTO event_types (name)
-         SELECT n FROM unnest($1::text[]) AS n
-         WHERE NOT EXISTS (SELECT 1 FROM event_types t WHERE t.name = n)
-         ORDER BY n
-         ON CONFLICT (name) DO NOTHING",
-    )
-    .bind::<Array<Text>, _>(&missing)
-    .execute(conn)
-    .await?;
     let found: Vec<(i16, String)> = event_types::table
         .filter(event_types::name.eq_any(&missing))
         .select((event_types::event_type_id, event_types::name))
@@ -266,11 +428,84 @@ async fn resolve_types(
         .await?;
     if found.len() != missing.len() {
         return Err(Error::Internal(
-            "an event type vanished while being registered".into(),
+            "a batch holds an event type that was never registered".into(),
         ));
     }
     cache.remember_types(&found);
     resolved.extend(found.into_iter().map(|(id, name)| (name, id)));
+    Ok(resolved)
+}
+
+/// The `dimension_values` codes of pages and products (see
+/// `domain::metric::Dimension::rollup_code`).
+const PAGES: i16 = 1;
+const PRODUCTS: i16 = 2;
+
+/// Dictionary ids of the batch's values of one dimension, registering new
+/// ones (in sorted order, without spending identity values on conflicts).
+async fn resolve_values<'a>(
+    conn: &mut AsyncPgConnection,
+    cache: &IdCache,
+    dimension: i16,
+    values: impl Iterator<Item = &'a str>,
+) -> Result<HashMap<&'a str, i32>> {
+    let mut resolved: HashMap<&str, i32> = HashMap::new();
+    let mut missing: Vec<&str> = Vec::new();
+    for value in values {
+        if resolved.contains_key(value) {
+            continue;
+        }
+        match cache.value_id(dimension, value) {
+            Some(id) => {
+                resolved.insert(value, id);
+            }
+            None => missing.push(value),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(resolved);
+    }
+    missing.sort_unstable();
+    missing.dedup();
+    #[derive(QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = Int4)]
+        value_id: i32,
+        #[diesel(sql_type = Text)]
+        value: String,
+    }
+    diesel::sql_query(
+        "INSERT INTO dimension_values (dimension, value)
+         SELECT $1, x FROM unnest($2::text[]) AS x
+         WHERE NOT EXISTS (SELECT 1 FROM dimension_values v WHERE v.dimension = $1 AND v.value = x)
+         ORDER BY x
+         ON CONFLICT (dimension, value) DO NOTHING",
+    )
+    .bind::<Int2, _>(dimension)
+    .bind::<Array<Text>, _>(&missing)
+    .execute(conn)
+    .await?;
+    let found: Vec<Found> = diesel::sql_query(
+        "SELECT value_id, value FROM dimension_values WHERE dimension = $1 AND value = ANY($2)",
+    )
+    .bind::<Int2, _>(dimension)
+    .bind::<Array<Text>, _>(&missing)
+    .load(conn)
+    .await?;
+    if found.len() != missing.len() {
+        return Err(Error::Internal(
+            "a dimension value vanished while being registered".into(),
+        ));
+    }
+    let found: Vec<(i32, String)> = found.into_iter().map(|f| (f.value_id, f.value)).collect();
+    cache.remember_values(dimension, &found);
+    let by_value: HashMap<&str, i32> = found.iter().map(|(id, v)| (v.as_str(), *id)).collect();
+    for value in missing {
+        let id = by_value.get(value).copied().ok_or_else(|| {
+            Error::Internal("a dimension value vanished while being registered".into())
+        })?;
+        resolved.insert(value, id);
+    }
     Ok(resolved)
 }
 

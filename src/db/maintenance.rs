@@ -27,8 +27,8 @@ pub const VACUUM_LOCK: i64 = 0x5075_6c73_6505;
 
 /// The tables whose dead rows and statistics matter for ingest and queries.
 /// The delta tables are vacuumed after every fold (`rollups::vacuum_deltas`).
-const HOT_TABLES: &str = "events, pageviews, purchases, users, rollup_type_counts, \
-     rollup_page_counts, rollup_product_counts, rollup_user_sets, alert_states";
+const HOT_TABLES: &str = "events, pageviews, purchases, users, rollup_counts, rollup_sets, \
+     dimension_values, alert_states";
 
 /// Rows one retention batch deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, QueryableByName)]

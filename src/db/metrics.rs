@@ -1,117 +1,592 @@
-//! GetMetrics reads. Each source of `domain::metric::Source` has one
-//! statement that reads rollup pieces, pending deltas and raw edges in a
-//! single snapshot and aggregates them into output buckets; the few
-//! answers that need two statements run them in one repeatable-read,
-//! read-only transaction.
+//! GetMetrics reads: the SQL behind `query::Engine`.
 //!
-//! Every SQL text here is a constant; requests only choose among them and
-//! bind values.
+//! A rollup answer reads two things:
 //!
-//! # The query cache
+//! * [`read_live`]: what changes between folds, read on every request in one
+//!   statement: the snapshot's fold generation, the fold log above what the
+//!   process has seen, the pending deltas of the range, and the sub-minute
+//!   raw edges (events of the partial first and last minute, with their
+//!   page or product found by index lookups).
+//! * [`read_buckets`]: rollup rows of the buckets the process has not cached,
+//!   with the generation of their snapshot. The engine uses them only when
+//!   that generation equals the live part's: then no fold ran in between, and
+//!   both parts describe one state (every event is in exactly one of deltas
+//!   or rollups).
 //!
-//! Rollup tables change only in folds, and every fold bumps
-//! `rollup_state.fold_generation` in its transaction. Each statement returns
-//! the generation of its snapshot beside its rows, marked by `part`:
-//! 0 = rollup pieces, 1 = pending deltas and raw edges (always read live),
-//! 2 = the generation. [`QueryCache`] keeps the part-0 rows of an answer
-//! under (request shape, rollup pieces) for one generation; a later request
-//! of the same shape reads only part 1 and the generation, and reuses the
-//! cached part 0 when the generation is the same. Since both parts of an
-//! answer then come from the same generation, a cached answer is exactly
-//! what a fresh read would give: the cache can never be stale.
+//! Raw answers (a user filter) are one statement over `events` through the
+//! `(user_id, timestamp)` index ([`raw`]).
+//!
+//! Every SQL text here is a constant (a few are composed once from
+//! constant fragments); requests only choose among them and bind values.
 
-use bigdecimal::BigDecimal;
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Bool, Int4, Int8, Nullable, Numeric, Text, Timestamptz};
+use diesel::sql_types::{
+    Array, Bool, Bytea, Int2, Int4, Int8, Nullable, Numeric, Text, Timestamptz,
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use roaring::RoaringTreemap;
 
 use crate::domain::metric::{
-    CountSeries, Dimension, Metric, MetricQuery, Plan, SeriesValues, Source, TypeSelection,
-    UserSeries, ceil_to, floor_to, plan,
+    CountSeries, Dimension, Metric, MetricQuery, SeriesValues, TypeSelection,
 };
 use crate::error::{Error, Result};
+use crate::query::cache::{Bucket, CountRow, CountRows, FoldLog, Sales, SetRow, Touch};
 
-/// Output rows of the count statements.
-#[derive(QueryableByName)]
-struct CountRow {
-    #[diesel(sql_type = Timestamptz)]
-    bucket: DateTime<Utc>,
-    #[diesel(sql_type = Text)]
-    grp: String,
-    #[diesel(sql_type = Numeric)]
-    value: BigDecimal,
-    #[diesel(sql_type = Int4)]
-    part: i32,
+/// Revenue as an exact integer count of 1/10,000 of the unit, as text (the
+/// column is numeric(30, 4)); NULL when zero.
+macro_rules! revenue_text {
+    ($col:expr) => {
+        concat!(
+            "CASE WHEN ",
+            $col,
+            " IS NULL OR ",
+            $col,
+            " = 0 THEN NULL ELSE (",
+            $col,
+            " * 10000)::numeric(38, 0)::text END"
+        )
+    };
 }
 
-/// Output rows of the user-set statement: a stored set or one user.
+/// Raw events of one edge with their dimension value: `(t, value_id,
+/// event_type_id, user_id, quantity, amount)`. `{range}` is replaced by the
+/// edge's time condition; `$12`/`$13` are the pageview and purchase type ids.
+const EDGE_ALL: &str = r#"
+    SELECT e."timestamp" AS t, 0 AS value_id, e.event_type_id, e.user_id, pu.quantity, pu.amount
+    FROM events e
+    LEFT JOIN LATERAL (SELECT p.quantity, p.amount FROM purchases p
+                       WHERE e.event_type_id = $13 AND p.event_id = e.event_id LIMIT 1) pu ON true
+    WHERE {range}"#;
+const EDGE_PAGES: &str = r#"
+    SELECT e."timestamp" AS t, x.value_id, e.event_type_id, e.user_id, NULL::int4 AS quantity, NULL::numeric AS amount
+    FROM events e
+    CROSS JOIN LATERAL (SELECT v.value_id FROM pageviews p
+                        JOIN dimension_values v ON v.dimension = 1 AND v.value = p.page_url
+                        WHERE p.event_id = e.event_id LIMIT 1) x
+    WHERE e.event_type_id = $12 AND {range}"#;
+const EDGE_PRODUCTS: &str = r#"
+    SELECT e."timestamp" AS t, x.value_id, e.event_type_id, e.user_id, x.quantity, x.amount
+    FROM events e
+    CROSS JOIN LATERAL (SELECT v.value_id, p.quantity, p.amount FROM purchases p
+                        JOIN dimension_values v ON v.dimension = 2 AND v.value = p.product_id
+                        WHERE p.event_id = e.event_id LIMIT 1) x
+    WHERE e.event_type_id = $13 AND {range}"#;
+
+const START_RANGE: &str = r#"e."timestamp" >= $5 AND e."timestamp" < $6"#;
+const END_RANGE: &str = r#"e."timestamp" >= $7 AND e."timestamp" < $8"#;
+
+/// The live statement. Parameters: `$1` dimension, `$2` value filter,
+/// `$3..$4` the delta minutes, `$5..$6` the start edge, `$7..$8` the end
+/// edge, `$9` whether the partial last minute may be read whole from
+/// rollups, `$10` the end of that minute, `$11` the generation the process
+/// has applied, `$12`/`$13` the pageview and purchase type ids.
+///
+/// Parts: 0 pending deltas, 1 edge events, 2 the generation, 3 fold log
+/// rows, 4 the oldest logged generation, 5 whether the last minute is read
+/// whole (no event lies in `[end, $10)`; then the end edge is not read).
+fn live_sql(sets: bool, edge: &str) -> String {
+    let (delta, edge_value) = if sets {
+        (
+            "SELECT 0 AS part, d.minute AS t, d.value_id, d.event_type_id AS type_id, d.user_id AS n,
+                    NULL::int8 AS quantity, NULL::text AS revenue
+             FROM rollup_set_deltas d",
+            "x.user_id, NULL::int8, NULL::text",
+        )
+    } else {
+        (
+            concat!(
+                "SELECT 0 AS part, d.minute AS t, d.value_id, d.event_type_id AS type_id, d.events AS n,
+                    d.quantity, ",
+                revenue_text!("d.revenue"),
+                " AS revenue FROM rollup_count_deltas d"
+            ),
+            concat!(
+                "1::int8, coalesce(x.quantity, 0)::int8, ",
+                revenue_text!("x.amount")
+            ),
+        )
+    };
+    let users_only = if sets {
+        " AND x.user_id IS NOT NULL"
+    } else {
+        ""
+    };
+    let start = edge.replace("{range}", START_RANGE);
+    let end = edge.replace("{range}", END_RANGE);
+    format!(
+        r#"WITH after AS MATERIALIZED (
+    SELECT $9::bool AND NOT EXISTS (SELECT 1 FROM events WHERE "timestamp" >= $8 AND "timestamp" < $10) AS extend
+)
+{delta}
+WHERE d.dimension = $1 AND d.minute >= $3 AND d.minute < $4 AND ($2::int4 IS NULL OR d.value_id = $2)
+UNION ALL
+SELECT 1, x.t, x.value_id, x.event_type_id, {edge_value}
+FROM ({start}) x
+WHERE ($2::int4 IS NULL OR x.value_id = $2){users_only}
+UNION ALL
+SELECT 1, x.t, x.value_id, x.event_type_id, {edge_value}
+FROM ({end}) x
+WHERE NOT (SELECT extend FROM after) AND ($2::int4 IS NULL OR x.value_id = $2){users_only}
+UNION ALL
+SELECT 2, NULL, NULL, NULL, fold_generation, NULL, NULL FROM rollup_state
+UNION ALL
+SELECT 3, m, NULL, 0::int2, f.generation, NULL, NULL
+FROM rollup_folds f CROSS JOIN LATERAL unnest(f.minutes) AS m WHERE f.generation > $11
+UNION ALL
+SELECT 3, h, NULL, 1::int2, f.generation, NULL, NULL
+FROM rollup_folds f CROSS JOIN LATERAL unnest(f.hours) AS h
+WHERE f.generation > $11 AND cardinality(f.minutes) = 0
+UNION ALL
+SELECT 3, NULL, NULL, 2::int2, f.generation, NULL, NULL FROM rollup_folds f WHERE f.generation > $11 AND f.everything
+UNION ALL
+SELECT 4, NULL, NULL, NULL, min(generation), NULL, NULL FROM rollup_folds
+UNION ALL
+SELECT 5, NULL, NULL, NULL, (SELECT extend FROM after)::int4::int8, NULL, NULL"#
+    )
+}
+
+/// `LIVE[sets][dimension code]`.
+static LIVE: LazyLock<[[String; 3]; 2]> = LazyLock::new(|| {
+    [false, true].map(|sets| [EDGE_ALL, EDGE_PAGES, EDGE_PRODUCTS].map(|e| live_sql(sets, e)))
+});
+
+/// Rollup counts of the pieces `$1..$3` (resolution, from, to) of
+/// dimension `$4`, with the generation of the snapshot.
+const BUCKET_COUNTS: &str = concat!(
+    "SELECT r.resolution AS res, r.bucket AS t, r.value_id, r.event_type_id AS type_id, r.events AS n,
+       r.quantity, ",
+    revenue_text!("r.revenue"),
+    " AS revenue, NULL::bytea AS users
+FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[]) AS p(res, f, t)
+JOIN rollup_counts r ON r.resolution = p.res AND r.dimension = $4 AND r.bucket >= p.f AND r.bucket < p.t
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, fold_generation, NULL, NULL, NULL FROM rollup_state"
+);
+
+/// As [`BUCKET_COUNTS`] for one value `$5` (through `rollup_counts_value`).
+const BUCKET_COUNTS_OF_VALUE: &str = concat!(
+    "SELECT r.resolution AS res, r.bucket AS t, r.value_id, r.event_type_id AS type_id, r.events AS n,
+       r.quantity, ",
+    revenue_text!("r.revenue"),
+    " AS revenue, NULL::bytea AS users
+FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[]) AS p(res, f, t)
+JOIN rollup_counts r ON r.dimension = $4 AND r.value_id = $5 AND r.resolution = p.res
+                    AND r.bucket >= p.f AND r.bucket < p.t
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, fold_generation, NULL, NULL, NULL FROM rollup_state"
+);
+
+/// User sets of the pieces; `$5` value filter (NULL: all), `$6` which
+/// types: -1 all, 0 only the any-type sets, 1 only the per-type sets.
+const BUCKET_SETS: &str = "
+SELECT r.resolution AS res, r.bucket AS t, r.value_id, r.event_type_id AS type_id, NULL::int8 AS n,
+       NULL::int8 AS quantity, NULL::text AS revenue, r.users
+FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[]) AS p(res, f, t)
+JOIN rollup_sets r ON r.resolution = p.res AND r.dimension = $4 AND r.bucket >= p.f AND r.bucket < p.t
+WHERE ($5::int4 IS NULL OR r.value_id = $5)
+  AND ($6 < 0 OR ($6 = 0) = (r.event_type_id = 0))
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, fold_generation, NULL, NULL, NULL FROM rollup_state";
+
+/// What [`read_live`] reads.
+#[derive(Debug, Clone)]
+pub struct LiveRequest {
+    pub sets: bool,
+    pub dimension: i16,
+    pub value: Option<i32>,
+    /// Minutes of pending deltas: `[from, to)`.
+    pub deltas: (DateTime<Utc>, DateTime<Utc>),
+    /// Sub-minute raw edges (empty when `from == to`).
+    pub start_edge: (DateTime<Utc>, DateTime<Utc>),
+    pub end_edge: (DateTime<Utc>, DateTime<Utc>),
+    /// The end edge may be replaced by its whole minute from rollups.
+    pub may_extend: bool,
+    /// The end of the end edge's minute.
+    pub end_minute: DateTime<Utc>,
+    /// The fold log is read above this generation.
+    pub known_generation: Option<i64>,
+    pub pageview_type: i16,
+    pub purchase_type: i16,
+}
+
+/// One live row: a pending delta (`delta` true, `t` its minute) or an edge
+/// event (`t` its timestamp).
+#[derive(Debug, Clone, Copy)]
+pub struct LiveRow {
+    pub delta: bool,
+    pub t: DateTime<Utc>,
+    pub value_id: i32,
+    pub type_id: i16,
+    /// Events (counts) or the user (sets).
+    pub n: i64,
+    pub sales: Sales,
+}
+
+/// What [`read_live`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub log: FoldLog,
+    /// True when the last partial minute is read whole from rollups and
+    /// deltas (no event lies after `end` in it); the end edge was not read.
+    pub extend: bool,
+    pub rows: Vec<LiveRow>,
+}
+
 #[derive(QueryableByName)]
-struct UserRow {
-    #[diesel(sql_type = Timestamptz)]
-    t: DateTime<Utc>,
-    #[diesel(sql_type = Text)]
-    grp: String,
-    #[diesel(sql_type = Nullable<diesel::sql_types::Bytea>)]
-    users: Option<Vec<u8>>,
+struct LiveSqlRow {
+    #[diesel(sql_type = Int4)]
+    part: i32,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    t: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Int4>)]
+    value_id: Option<i32>,
+    #[diesel(sql_type = Nullable<Int2>)]
+    type_id: Option<i16>,
     #[diesel(sql_type = Nullable<Int8>)]
-    user_id: Option<i64>,
-    #[diesel(sql_type = Int4)]
-    part: i32,
+    n: Option<i64>,
+    #[diesel(sql_type = Nullable<Int8>)]
+    quantity: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    revenue: Option<String>,
 }
 
-/// The bind values every rollup statement shares.
-struct Ranges {
-    piece_res: Vec<i32>,
-    piece_from: Vec<DateTime<Utc>>,
-    piece_to: Vec<DateTime<Utc>>,
-    aligned_from: DateTime<Utc>,
-    aligned_to: DateTime<Utc>,
-    raw: [(DateTime<Utc>, DateTime<Utc>); 2],
+fn parse_revenue(text: Option<&str>) -> Result<i128> {
+    match text {
+        None => Ok(0),
+        Some(t) => t
+            .parse()
+            .map_err(|e| Error::Internal(format!("revenue {t:?} is not an integer: {e}"))),
+    }
 }
 
-impl Ranges {
-    fn new(q: &MetricQuery, plan: &Plan) -> Self {
-        let empty = (q.start, q.start);
-        let (aligned_from, aligned_to) = plan.aligned.unwrap_or(empty);
-        let raw = match plan.raw.as_slice() {
-            [] => [empty, empty],
-            // The same range twice, not an empty second one: PostgreSQL
-            // misestimates `(range) OR (empty range)` as millions of rows and
-            // picks a hash join over all of pageviews (3.5 s measured).
-            [one] => [*one, *one],
-            [one, two, ..] => [*one, *two],
-        };
-        Self {
-            piece_res: plan.pieces.iter().map(|p| p.resolution).collect(),
-            piece_from: plan.pieces.iter().map(|p| p.from).collect(),
-            piece_to: plan.pieces.iter().map(|p| p.to).collect(),
-            aligned_from,
-            aligned_to,
-            raw,
+/// Reads the live part of a rollup answer (see the module docs).
+pub async fn read_live(conn: &mut AsyncPgConnection, r: &LiveRequest) -> Result<Live> {
+    let sql = LIVE[usize::from(r.sets)]
+        .get(r.dimension as usize)
+        .ok_or_else(|| Error::Internal(format!("no rollup dimension {}", r.dimension)))?;
+    let rows: Vec<LiveSqlRow> = diesel::sql_query(sql.as_str())
+        .bind::<Int2, _>(r.dimension)
+        .bind::<Nullable<Int4>, _>(r.value)
+        .bind::<Timestamptz, _>(r.deltas.0)
+        .bind::<Timestamptz, _>(r.deltas.1)
+        .bind::<Timestamptz, _>(r.start_edge.0)
+        .bind::<Timestamptz, _>(r.start_edge.1)
+        .bind::<Timestamptz, _>(r.end_edge.0)
+        .bind::<Timestamptz, _>(r.end_edge.1)
+        .bind::<Bool, _>(r.may_extend)
+        .bind::<Timestamptz, _>(r.end_minute)
+        .bind::<Int8, _>(r.known_generation.unwrap_or(i64::MAX))
+        .bind::<Int2, _>(r.pageview_type)
+        .bind::<Int2, _>(r.purchase_type)
+        .load(conn)
+        .await?;
+    let mut live = Live::default();
+    let mut generation = None;
+    for row in rows {
+        match row.part {
+            0 | 1 => {
+                let (Some(t), Some(value_id), Some(type_id), Some(n)) =
+                    (row.t, row.value_id, row.type_id, row.n)
+                else {
+                    continue;
+                };
+                live.rows.push(LiveRow {
+                    delta: row.part == 0,
+                    t,
+                    value_id,
+                    type_id,
+                    n,
+                    sales: Sales {
+                        quantity: row.quantity.unwrap_or(0),
+                        revenue: parse_revenue(row.revenue.as_deref())?,
+                    },
+                });
+            }
+            2 => generation = row.n,
+            3 => {
+                let (Some(g), Some(kind)) = (row.n, row.type_id) else {
+                    continue;
+                };
+                let touch = match (kind, row.t) {
+                    (0, Some(t)) => Touch::Minute(t.timestamp()),
+                    (1, Some(t)) => Touch::Hour(t.timestamp()),
+                    _ => Touch::Everything,
+                };
+                live.log.rows.push((g, touch));
+            }
+            4 => live.log.oldest = row.n,
+            _ => live.extend = row.n == Some(1),
         }
     }
+    live.log.generation =
+        generation.ok_or_else(|| Error::Internal("rollup_state has no row".into()))?;
+    Ok(live)
 }
 
-/// `0` for TOTAL, else the bucket width in seconds.
-fn granularity_secs(q: &MetricQuery) -> i32 {
-    q.granularity.seconds().unwrap_or(0)
+/// What [`read_buckets`] reads: runs of buckets of one resolution.
+#[derive(Debug, Clone)]
+pub struct BucketRequest {
+    pub sets: bool,
+    pub dimension: i16,
+    pub value: Option<i32>,
+    /// For sets: `Some(true)` only the any-type sets, `Some(false)` only
+    /// the per-type sets, `None` both.
+    pub any_type: Option<bool>,
+    /// `(resolution, from, to)`.
+    pub runs: Vec<(i32, DateTime<Utc>, DateTime<Utc>)>,
 }
 
-fn group_mode(q: &MetricQuery) -> i32 {
-    match q.group_by {
-        Dimension::None => 0,
-        Dimension::EventType => 1,
-        Dimension::PageUrl | Dimension::ProductId => 2,
+#[derive(QueryableByName)]
+struct BucketSqlRow {
+    #[diesel(sql_type = Nullable<Int4>)]
+    res: Option<i32>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    t: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Int4>)]
+    value_id: Option<i32>,
+    #[diesel(sql_type = Nullable<Int2>)]
+    type_id: Option<i16>,
+    #[diesel(sql_type = Nullable<Int8>)]
+    n: Option<i64>,
+    #[diesel(sql_type = Nullable<Int8>)]
+    quantity: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    revenue: Option<String>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    users: Option<Vec<u8>>,
+}
+
+/// Rollup rows of every bucket in the runs, grouped per (resolution,
+/// bucket start in Unix seconds), with the snapshot's generation. Buckets
+/// without rows are absent (the caller knows they are empty).
+pub async fn read_buckets(
+    conn: &mut AsyncPgConnection,
+    r: &BucketRequest,
+) -> Result<(i64, Vec<((i32, i64), Bucket)>)> {
+    let res: Vec<i32> = r.runs.iter().map(|x| x.0).collect();
+    let from: Vec<DateTime<Utc>> = r.runs.iter().map(|x| x.1).collect();
+    let to: Vec<DateTime<Utc>> = r.runs.iter().map(|x| x.2).collect();
+    let query = if r.sets {
+        diesel::sql_query(BUCKET_SETS)
+            .into_boxed()
+            .bind::<Array<Int4>, _>(res)
+            .bind::<Array<Timestamptz>, _>(from)
+            .bind::<Array<Timestamptz>, _>(to)
+            .bind::<Int2, _>(r.dimension)
+            .bind::<Nullable<Int4>, _>(r.value)
+            .bind::<Int4, _>(match r.any_type {
+                None => -1,
+                Some(true) => 0,
+                Some(false) => 1,
+            })
+    } else {
+        let q = diesel::sql_query(if r.value.is_some() {
+            BUCKET_COUNTS_OF_VALUE
+        } else {
+            BUCKET_COUNTS
+        })
+        .into_boxed()
+        .bind::<Array<Int4>, _>(res)
+        .bind::<Array<Timestamptz>, _>(from)
+        .bind::<Array<Timestamptz>, _>(to)
+        .bind::<Int2, _>(r.dimension);
+        match r.value {
+            Some(v) => q.bind::<Int4, _>(v),
+            None => q,
+        }
+    };
+    let rows: Vec<BucketSqlRow> = query.load(conn).await?;
+    let mut generation = None;
+    let mut out: Vec<((i32, i64), Bucket)> = Vec::new();
+    for row in rows {
+        let (Some(res), Some(t), Some(value_id), Some(type_id)) =
+            (row.res, row.t, row.value_id, row.type_id)
+        else {
+            generation = row.n;
+            continue;
+        };
+        let key = (res, t.timestamp());
+        if out.last().is_none_or(|(k, _)| *k != key) {
+            out.push((
+                key,
+                if r.sets {
+                    Bucket::Sets(Vec::new())
+                } else {
+                    Bucket::Counts(CountRows::default())
+                },
+            ));
+        }
+        let Some((_, bucket)) = out.last_mut() else {
+            continue;
+        };
+        match bucket {
+            Bucket::Sets(sets) => {
+                let blob = row.users.unwrap_or_default();
+                let users = RoaringTreemap::deserialize_from(&blob[..])
+                    .map_err(|e| Error::Internal(format!("corrupt user set: {e}")))?;
+                sets.push(SetRow {
+                    value_id,
+                    type_id,
+                    users,
+                });
+            }
+            Bucket::Counts(counts) => {
+                let sales = Sales {
+                    quantity: row.quantity.unwrap_or(0),
+                    revenue: parse_revenue(row.revenue.as_deref())?,
+                };
+                // `sales` stays empty until a row carries some; from then
+                // on it has one entry per row.
+                if sales != Sales::default() || !counts.sales.is_empty() {
+                    counts.sales.resize(counts.rows.len(), Sales::default());
+                    counts.sales.push(sales);
+                }
+                counts.rows.push(CountRow {
+                    events: row.n.unwrap_or(0),
+                    value_id,
+                    type_id,
+                });
+            }
+        }
+    }
+    // Rows of one bucket arrive together only if the plan keeps them so;
+    // merge any bucket that came in several runs of rows.
+    out.sort_by_key(|(k, _)| *k);
+    let mut merged: Vec<((i32, i64), Bucket)> = Vec::with_capacity(out.len());
+    for (key, bucket) in out {
+        match merged.last_mut() {
+            Some((k, existing)) if *k == key => append(existing, bucket),
+            _ => merged.push((key, bucket)),
+        }
+    }
+    let generation = generation.ok_or_else(|| Error::Internal("rollup_state has no row".into()))?;
+    Ok((generation, merged))
+}
+
+fn append(into: &mut Bucket, from: Bucket) {
+    match (into, from) {
+        (Bucket::Sets(a), Bucket::Sets(b)) => a.extend(b),
+        (Bucket::Counts(a), Bucket::Counts(mut b)) => {
+            if !a.sales.is_empty() || !b.sales.is_empty() {
+                a.sales.resize(a.rows.len(), Sales::default());
+                b.sales.resize(b.rows.len(), Sales::default());
+            }
+            a.rows.extend(b.rows);
+            a.sales.extend(b.sales);
+        }
+        _ => {}
     }
 }
 
-fn type_names(selection: &TypeSelection) -> (bool, Vec<String>) {
-    match selection {
-        TypeSelection::All => (true, vec![]),
-        TypeSelection::Only(names) => (false, names.clone()),
+/// The id of a value of a dimension, if any event ever carried it.
+pub async fn value_id(
+    conn: &mut AsyncPgConnection,
+    dimension: i16,
+    value: &str,
+) -> Result<Option<i32>> {
+    use super::schema::dimension_values::dsl as dv;
+    Ok(dv::dimension_values
+        .filter(dv::dimension.eq(dimension))
+        .filter(dv::value.eq(value))
+        .select(dv::value_id)
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// The strings of dimension values.
+pub async fn value_names(conn: &mut AsyncPgConnection, ids: &[i32]) -> Result<Vec<(i32, String)>> {
+    use super::schema::dimension_values::dsl as dv;
+    Ok(dv::dimension_values
+        .filter(dv::value_id.eq_any(ids))
+        .select((dv::value_id, dv::value))
+        .load(conn)
+        .await?)
+}
+
+/// Every event type: (id, name).
+pub async fn event_types(conn: &mut AsyncPgConnection) -> Result<Vec<(i16, String)>> {
+    use super::schema::event_types::dsl as et;
+    Ok(et::event_types
+        .select((et::event_type_id, et::name))
+        .load(conn)
+        .await?)
+}
+
+/// The plan PostgreSQL runs for the rollup part of "events per minute by
+/// type" over `[from, to)` (minute buckets), with `EXPLAIN ANALYZE`: tests
+/// check that dashboard queries read rollups, not raw events.
+pub async fn explain_bucket_read(
+    conn: &mut AsyncPgConnection,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<String> {
+    explain(
+        conn,
+        diesel::sql_query(format!(
+            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {BUCKET_COUNTS}"
+        ))
+        .into_boxed()
+        .bind::<Array<Int4>, _>(vec![60])
+        .bind::<Array<Timestamptz>, _>(vec![from])
+        .bind::<Array<Timestamptz>, _>(vec![to])
+        .bind::<Int2, _>(0i16),
+    )
+    .await
+}
+
+/// The plan of the live statement of a minute-aligned range `[from, to)`
+/// over every event: the raw edges are empty, so any scan of `events` must
+/// be a never-executed branch or return no row.
+pub async fn explain_live_read(
+    conn: &mut AsyncPgConnection,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<String> {
+    let sql = format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {}", LIVE[0][0]);
+    explain(
+        conn,
+        diesel::sql_query(sql)
+            .into_boxed()
+            .bind::<Int2, _>(0i16)
+            .bind::<Nullable<Int4>, _>(None::<i32>)
+            .bind::<Timestamptz, _>(from)
+            .bind::<Timestamptz, _>(to)
+            .bind::<Timestamptz, _>(from)
+            .bind::<Timestamptz, _>(from)
+            .bind::<Timestamptz, _>(to)
+            .bind::<Timestamptz, _>(to)
+            .bind::<Bool, _>(false)
+            .bind::<Timestamptz, _>(to)
+            .bind::<Int8, _>(i64::MAX)
+            .bind::<Int2, _>(1i16)
+            .bind::<Int2, _>(3i16),
+    )
+    .await
+}
+
+async fn explain(
+    conn: &mut AsyncPgConnection,
+    query: diesel::query_builder::BoxedSqlQuery<
+        '_,
+        diesel::pg::Pg,
+        diesel::query_builder::SqlQuery,
+    >,
+) -> Result<String> {
+    #[derive(QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+        line: String,
     }
+    let lines: Vec<PlanLine> = query.load(conn).await?;
+    Ok(lines
+        .into_iter()
+        .map(|l| l.line)
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 /// The output bucket of `u.t` ($1 = width, 0 for TOTAL; $2 = start).
@@ -121,103 +596,10 @@ macro_rules! bucket_expr {
     };
 }
 
-/// Rollup pieces are `$3..$5`, the minute-aligned delta range `$6..$7`, the
-/// raw edges `$8..$11`.
-const TYPES_SQL: &str = concat!(
-    "SELECT ", bucket_expr!(), " AS bucket,
-       CASE WHEN $12 = 1 THEN et.name ELSE '' END AS grp,
-       sum(u.v)::numeric AS value, u.part
-FROM (
-    SELECT r.bucket AS t, r.event_type_id, r.events AS v, 0 AS part
-    FROM unnest($3::int4[], $4::timestamptz[], $5::timestamptz[]) AS p(res, f, t)
-    JOIN rollup_type_counts r ON $15 AND r.resolution = p.res AND r.bucket >= p.f AND r.bucket < p.t
-    UNION ALL
-    SELECT d.minute, d.event_type_id, d.events, 1 FROM rollup_type_deltas d
-    WHERE d.minute >= $6 AND d.minute < $7
-    UNION ALL
-    SELECT e.\"timestamp\", e.event_type_id, 1, 1 FROM events e
-    WHERE (e.\"timestamp\" >= $8 AND e.\"timestamp\" < $9) OR (e.\"timestamp\" >= $10 AND e.\"timestamp\" < $11)
-) u
-JOIN event_types et USING (event_type_id)
-WHERE $13 OR et.name = ANY($14)
-GROUP BY 1, 2, 4
-UNION ALL
-SELECT $2, '', fold_generation::numeric, 2 FROM rollup_state"
-);
-
-const PAGES_SQL: &str = concat!(
-    "SELECT ", bucket_expr!(), " AS bucket,
-       CASE $12 WHEN 1 THEN 'pageview' WHEN 2 THEN u.page_url ELSE '' END AS grp,
-       sum(u.v)::numeric AS value, u.part
-FROM (
-    SELECT r.bucket AS t, r.page_url, r.pageviews AS v, 0 AS part
-    FROM unnest($3::int4[], $4::timestamptz[], $5::timestamptz[]) AS p(res, f, t)
-    JOIN rollup_page_counts r ON $14 AND r.resolution = p.res AND r.bucket >= p.f AND r.bucket < p.t
-    WHERE $13::text IS NULL OR r.page_url = $13
-    UNION ALL
-    SELECT d.minute, d.page_url, d.pageviews, 1 FROM rollup_page_deltas d
-    WHERE d.minute >= $6 AND d.minute < $7 AND ($13::text IS NULL OR d.page_url = $13)
-    UNION ALL
-    SELECT e.\"timestamp\", pv.page_url, 1, 1 FROM events e JOIN pageviews pv USING (event_id)
-    WHERE ((e.\"timestamp\" >= $8 AND e.\"timestamp\" < $9) OR (e.\"timestamp\" >= $10 AND e.\"timestamp\" < $11))
-      AND ($13::text IS NULL OR pv.page_url = $13)
-) u
-GROUP BY 1, 2, 4
-UNION ALL
-SELECT $2, '', fold_generation::numeric, 2 FROM rollup_state"
-);
-
-/// `$14` picks the value: 1 purchases, 2 quantity, 3 revenue.
-const PRODUCTS_SQL: &str = concat!(
-    "SELECT ", bucket_expr!(), " AS bucket,
-       CASE $12 WHEN 1 THEN 'purchase' WHEN 2 THEN u.product_id ELSE '' END AS grp,
-       sum(CASE $14 WHEN 1 THEN u.purchases WHEN 2 THEN u.quantity ELSE u.revenue END)::numeric AS value, u.part
-FROM (
-    SELECT r.bucket AS t, r.product_id, r.purchases::numeric, r.quantity::numeric, r.revenue, 0 AS part
-    FROM unnest($3::int4[], $4::timestamptz[], $5::timestamptz[]) AS p(res, f, t)
-    JOIN rollup_product_counts r ON $15 AND r.resolution = p.res AND r.bucket >= p.f AND r.bucket < p.t
-    WHERE $13::text IS NULL OR r.product_id = $13
-    UNION ALL
-    SELECT d.minute, d.product_id, d.purchases, d.quantity, d.revenue, 1 FROM rollup_product_deltas d
-    WHERE d.minute >= $6 AND d.minute < $7 AND ($13::text IS NULL OR d.product_id = $13)
-    UNION ALL
-    SELECT e.\"timestamp\", pu.product_id, 1, pu.quantity, pu.amount, 1 FROM events e JOIN purchases pu USING (event_id)
-    WHERE ((e.\"timestamp\" >= $8 AND e.\"timestamp\" < $9) OR (e.\"timestamp\" >= $10 AND e.\"timestamp\" < $11))
-      AND ($13::text IS NULL OR pu.product_id = $13)
-) u(t, product_id, purchases, quantity, revenue, part)
-GROUP BY 1, 2, 4
-UNION ALL
-SELECT $2, '', fold_generation::numeric, 2 FROM rollup_state"
-);
-
-/// Stored sets (`users`) and single users (`user_id`) of the range. `$12`
-/// true: per-type sets (grouped by type, or a type filter); false: the
-/// any-type sets.
-const USERS_SQL: &str = "
-SELECT r.bucket AS t, CASE WHEN $1 THEN et.name ELSE '' END AS grp, r.users, NULL::int8 AS user_id, 0 AS part
-FROM unnest($3::int4[], $4::timestamptz[], $5::timestamptz[]) AS p(res, f, t)
-JOIN rollup_user_sets r ON $15 AND r.resolution = p.res AND r.bucket >= p.f AND r.bucket < p.t
-LEFT JOIN event_types et ON et.event_type_id = r.event_type_id
-WHERE CASE WHEN $12 THEN r.event_type_id <> 0 AND ($13 OR et.name = ANY($14)) ELSE r.event_type_id = 0 END
-UNION ALL
-SELECT u.t, CASE WHEN $1 THEN et.name ELSE '' END, NULL, u.user_id, 1
-FROM (
-    SELECT d.minute AS t, d.event_type_id, d.user_id FROM rollup_user_deltas d
-    WHERE d.minute >= $6 AND d.minute < $7
-    UNION ALL
-    SELECT e.\"timestamp\", e.event_type_id, e.user_id FROM events e
-    WHERE ((e.\"timestamp\" >= $8 AND e.\"timestamp\" < $9) OR (e.\"timestamp\" >= $10 AND e.\"timestamp\" < $11))
-      AND e.user_id IS NOT NULL
-) u
-JOIN event_types et USING (event_type_id)
-WHERE $13 OR et.name = ANY($14)
-UNION ALL
-SELECT $2, '', NULL, fold_generation, 2 FROM rollup_state";
-
 /// Raw events, every filter, aggregated per output bucket and group.
-/// `$3` group (0 none, 1 type, 2 page, 3 product), `$4` metric (proto
-/// numbers), `$5..$6` the range, `$7..$8` types, `$9` page, `$10` product,
-/// `$11` the client's user id.
+/// `$3` group ([`raw_group_code`]), `$4` value ([`raw_value_code`]),
+/// `$5..$6` the range, `$7..$8` types, `$9` page, `$10` product, `$11` the
+/// client's user id.
 const RAW_SQL: &str = concat!(
     "SELECT ", bucket_expr!(), " AS bucket, u.grp,
        CASE $4 WHEN 2 THEN count(DISTINCT u.user_id)::numeric
@@ -225,8 +607,7 @@ const RAW_SQL: &str = concat!(
                WHEN 4 THEN count(u.purchase)::numeric
                WHEN 5 THEN coalesce(sum(u.amount), 0)
                WHEN 6 THEN coalesce(sum(u.quantity), 0)::numeric
-               ELSE count(*)::numeric END AS value,
-       1 AS part
+               ELSE count(*)::numeric END AS value
 FROM (
     SELECT e.\"timestamp\" AS t, e.user_id, pv.event_id AS pageview, pu.event_id AS purchase, pu.amount, pu.quantity,
            CASE $3 WHEN 1 THEN et.name WHEN 2 THEN pv.page_url WHEN 3 THEN pu.product_id ELSE '' END AS grp
@@ -246,479 +627,41 @@ FROM (
 GROUP BY 1, 2"
 );
 
-/// How an answer used the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheUse {
-    /// The rollup part came from the cache.
-    Hit,
-    /// The rollup part was read (and cached).
-    Miss,
-    /// Not cacheable: raw events or nothing to read.
-    Bypass,
-}
-
-/// Answers a validated query. Returns the series, whether any value is an
-/// estimate (never, today: unique users are exact bitmaps), and how the
-/// cache was used.
-pub async fn get_metrics(
-    conn: &mut AsyncPgConnection,
-    cache: &QueryCache,
-    q: &MetricQuery,
-) -> Result<(Vec<SeriesValues>, bool, CacheUse)> {
-    let buckets = q.bucket_starts().len();
-    let grouped = q.group_by != Dimension::None;
-    let source = q.source();
-    let rollups = matches!(
-        source,
-        Source::Types(_) | Source::Pages | Source::Products | Source::UserSets(_)
-    );
-    if rollups && floor_to(q.end, 60) != q.end {
-        // An `end` inside a minute means a raw read of that partial minute,
-        // which under heavy ingest is the whole current minute (345k rows,
-        // 213 ms measured at 8.5k events/s). When no event lies between
-        // `end` and the end of its minute (the usual case: `end` is "now"),
-        // the whole minute from the rollups is the same answer. The check
-        // and the reads share one snapshot, so an event arriving in between
-        // cannot be counted wrongly.
-        let (series, used) = conn
-            .build_transaction()
-            .read_only()
-            .repeatable_read()
-            .run::<_, Error, _>(async |conn| {
-                let extend = nothing_after(conn, q.end).await?;
-                rollup_answer(conn, cache, q, &source, buckets, extend).await
-            })
-            .await?;
-        return Ok((series, false, used));
-    }
-    let (series, used) = match &source {
-        Source::Empty => (
-            CountSeries::new(buckets).finish(grouped, q.limit),
-            CacheUse::Bypass,
-        ),
-        Source::Raw => (raw(conn, q, buckets).await?, CacheUse::Bypass),
-        _ => rollup_answer(conn, cache, q, &source, buckets, false).await?,
-    };
-    Ok((series, false, used))
-}
-
-async fn rollup_answer(
-    conn: &mut AsyncPgConnection,
-    cache: &QueryCache,
-    q: &MetricQuery,
-    source: &Source,
-    buckets: usize,
-    extend_end: bool,
-) -> Result<(Vec<SeriesValues>, CacheUse)> {
-    match source {
-        Source::UserSets(types) => user_sets(conn, cache, q, types, buckets, extend_end).await,
-        _ => counts(conn, cache, q, source, buckets, extend_end).await,
+/// The `$3` of [`RAW_SQL`]: what rows are grouped by.
+fn raw_group_code(group: Dimension) -> i32 {
+    match group {
+        Dimension::None => 0,
+        Dimension::EventType => 1,
+        Dimension::PageUrl => 2,
+        Dimension::ProductId => 3,
     }
 }
 
-/// True when no event lies in `[end, end of its minute)`.
-async fn nothing_after(conn: &mut AsyncPgConnection, end: DateTime<Utc>) -> Result<bool> {
-    #[derive(QueryableByName)]
-    struct Empty {
-        #[diesel(sql_type = Bool)]
-        empty: bool,
-    }
-    let row: Empty = diesel::sql_query(
-        r#"SELECT NOT EXISTS (SELECT 1 FROM events WHERE "timestamp" >= $1 AND "timestamp" < $2) AS empty"#,
-    )
-    .bind::<Timestamptz, _>(end)
-    .bind::<Timestamptz, _>(ceil_to(end, 60))
-    .get_result(conn)
-    .await?;
-    Ok(row.empty)
-}
-
-/// The plan of a rollup read; with `extend_end`, the partial last minute is
-/// read whole from rollups and deltas (see [`get_metrics`]).
-fn plan_of(q: &MetricQuery, extend_end: bool) -> Plan {
-    let end = if extend_end {
-        ceil_to(q.end, 60)
-    } else {
-        q.end
-    };
-    plan(q.start, end, q.max_resolution())
-}
-
-/// The output bucket of a row; TOTAL rows all land in the one bucket (a
-/// cached row may carry the start of an earlier request of the same shape).
-fn index_of(q: &MetricQuery, t: DateTime<Utc>) -> Option<usize> {
-    if q.granularity.seconds().is_none() {
-        Some(0)
-    } else {
-        q.bucket_index(t)
+/// The `$4` of [`RAW_SQL`]: what is counted or summed.
+fn raw_value_code(metric: Metric) -> i32 {
+    match metric {
+        Metric::Events => 1,
+        Metric::UniqueUsers => 2,
+        Metric::Pageviews => 3,
+        Metric::Purchases => 4,
+        Metric::Revenue => 5,
+        Metric::Quantity => 6,
     }
 }
 
-/// Sums rows into series and keeps the top `limit` groups.
-fn collect_counts(
-    q: &MetricQuery,
-    buckets: usize,
-    rows: Vec<CountRow>,
-    limit: u32,
-) -> Vec<SeriesValues> {
-    let mut series = CountSeries::new(buckets);
-    for row in rows {
-        if let Some(i) = index_of(q, row.bucket) {
-            series.add(&row.grp, i, row.value);
-        }
-    }
-    series.finish(q.group_by != Dimension::None, limit)
+#[derive(QueryableByName)]
+struct RawRow {
+    #[diesel(sql_type = Timestamptz)]
+    bucket: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    grp: String,
+    #[diesel(sql_type = Numeric)]
+    value: bigdecimal::BigDecimal,
 }
 
-/// Splits statement output into (generation, rollup part, live part).
-fn split_counts(rows: Vec<CountRow>) -> Result<(i64, Vec<CountRow>, Vec<CountRow>)> {
-    let mut generation = None;
-    let (mut rollup, mut live) = (Vec::new(), Vec::new());
-    for row in rows {
-        match row.part {
-            0 => rollup.push(row),
-            1 => live.push(row),
-            _ => generation = bigdecimal::ToPrimitive::to_i64(&row.value),
-        }
-    }
-    let generation = generation.ok_or_else(|| Error::Internal("rollup_state has no row".into()))?;
-    Ok((generation, rollup, live))
-}
-
-async fn counts(
-    conn: &mut AsyncPgConnection,
-    cache: &QueryCache,
-    q: &MetricQuery,
-    source: &Source,
-    buckets: usize,
-    extend_end: bool,
-) -> Result<(Vec<SeriesValues>, CacheUse)> {
-    let plan = plan_of(q, extend_end);
-    let key = CacheKey::new(q, &plan);
-    if let Some((generation, entry)) = cache.get(&key)
-        && let Cached::Counts(cached) = &*entry
-    {
-        let (now, _, live) = split_counts(count_rows(conn, q, source, &plan, false).await?)?;
-        if now == generation {
-            let mut series = CountSeries::new(buckets);
-            for (t, grp, value) in cached.iter() {
-                if let Some(i) = index_of(q, *t) {
-                    series.add(grp, i, value.clone());
-                }
-            }
-            for row in live {
-                if let Some(i) = index_of(q, row.bucket) {
-                    series.add(&row.grp, i, row.value);
-                }
-            }
-            return Ok((
-                series.finish(q.group_by != Dimension::None, q.limit),
-                CacheUse::Hit,
-            ));
-        }
-    }
-    let (generation, rollup, live) = split_counts(count_rows(conn, q, source, &plan, true).await?)?;
-    let part: Vec<(DateTime<Utc>, String, BigDecimal)> = rollup
-        .iter()
-        .map(|r| (r.bucket, r.grp.clone(), r.value.clone()))
-        .collect();
-    let bytes = part.iter().map(|(_, g, _)| g.len() + 64).sum();
-    cache.put(key, generation, Cached::Counts(part), bytes);
-    let mut all = rollup;
-    all.extend(live);
-    Ok((collect_counts(q, buckets, all, q.limit), CacheUse::Miss))
-}
-
-/// The plan PostgreSQL runs for "events per minute by type" over
-/// `[from, to)`, with `EXPLAIN ANALYZE`: tests and benchmarks check that
-/// dashboard queries read rollups, not raw events.
-pub async fn explain_types_query(
-    conn: &mut AsyncPgConnection,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<String> {
-    #[derive(QueryableByName)]
-    struct PlanLine {
-        #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
-        line: String,
-    }
-    let q = MetricQuery::new(
-        Metric::Events,
-        from,
-        to,
-        crate::domain::metric::Granularity::Minute,
-        crate::domain::metric::Filter::default(),
-        Dimension::EventType,
-        0,
-    )?;
-    let sql = format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {TYPES_SQL}");
-    let lines: Vec<PlanLine> = count_query(
-        &sql,
-        &q,
-        &Ranges::new(&q, &plan(q.start, q.end, q.max_resolution())),
-    )
-    .bind::<Bool, _>(true)
-    .bind::<Array<Text>, _>(Vec::<String>::new())
-    .bind::<Bool, _>(true)
-    .load(conn)
-    .await?;
-    Ok(lines
-        .into_iter()
-        .map(|l| l.line)
-        .collect::<Vec<_>>()
-        .join("\n"))
-}
-
-/// Binds `$1..$12`, shared by every count statement.
-fn count_query<'a>(
-    sql: &str,
-    q: &MetricQuery,
-    r: &Ranges,
-) -> diesel::query_builder::BoxedSqlQuery<'a, diesel::pg::Pg, diesel::query_builder::SqlQuery> {
-    diesel::sql_query(sql)
-        .into_boxed()
-        .bind::<Int4, _>(granularity_secs(q))
-        .bind::<Timestamptz, _>(q.start)
-        .bind::<Array<Int4>, _>(r.piece_res.clone())
-        .bind::<Array<Timestamptz>, _>(r.piece_from.clone())
-        .bind::<Array<Timestamptz>, _>(r.piece_to.clone())
-        .bind::<Timestamptz, _>(r.aligned_from)
-        .bind::<Timestamptz, _>(r.aligned_to)
-        .bind::<Timestamptz, _>(r.raw[0].0)
-        .bind::<Timestamptz, _>(r.raw[0].1)
-        .bind::<Timestamptz, _>(r.raw[1].0)
-        .bind::<Timestamptz, _>(r.raw[1].1)
-        .bind::<Int4, _>(group_mode(q))
-}
-
-async fn count_rows(
-    conn: &mut AsyncPgConnection,
-    q: &MetricQuery,
-    source: &Source,
-    plan: &Plan,
-    with_rollups: bool,
-) -> Result<Vec<CountRow>> {
-    let r = Ranges::new(q, plan);
-    let rows = match source {
-        Source::Types(types) => {
-            let (all, names) = type_names(types);
-            count_query(TYPES_SQL, q, &r)
-                .bind::<Bool, _>(all)
-                .bind::<Array<Text>, _>(names)
-                .bind::<Bool, _>(with_rollups)
-                .load(conn)
-                .await?
-        }
-        Source::Pages => {
-            count_query(PAGES_SQL, q, &r)
-                .bind::<Nullable<Text>, _>(q.filter.page_url.clone())
-                .bind::<Bool, _>(with_rollups)
-                .load(conn)
-                .await?
-        }
-        Source::Products => {
-            let value = match q.metric {
-                Metric::Quantity => 2,
-                Metric::Revenue => 3,
-                _ => 1,
-            };
-            count_query(PRODUCTS_SQL, q, &r)
-                .bind::<Nullable<Text>, _>(q.filter.product_id.clone())
-                .bind::<Int4, _>(value)
-                .bind::<Bool, _>(with_rollups)
-                .load(conn)
-                .await?
-        }
-        _ => {
-            return Err(Error::Internal(format!(
-                "count_rows cannot read {source:?}"
-            )));
-        }
-    };
-    Ok(rows)
-}
-
-async fn user_rows(
-    conn: &mut AsyncPgConnection,
-    q: &MetricQuery,
-    types: &TypeSelection,
-    plan: &Plan,
-    with_rollups: bool,
-) -> Result<Vec<UserRow>> {
-    let r = Ranges::new(q, plan);
-    let by_type = q.group_by == Dimension::EventType;
-    let (all, names) = type_names(types);
-    let per_type_sets = by_type || !all;
-    Ok(diesel::sql_query(USERS_SQL)
-        .bind::<Bool, _>(by_type)
-        .bind::<Timestamptz, _>(q.start)
-        .bind::<Array<Int4>, _>(&r.piece_res)
-        .bind::<Array<Timestamptz>, _>(&r.piece_from)
-        .bind::<Array<Timestamptz>, _>(&r.piece_to)
-        .bind::<Timestamptz, _>(r.aligned_from)
-        .bind::<Timestamptz, _>(r.aligned_to)
-        .bind::<Timestamptz, _>(r.raw[0].0)
-        .bind::<Timestamptz, _>(r.raw[0].1)
-        .bind::<Timestamptz, _>(r.raw[1].0)
-        .bind::<Timestamptz, _>(r.raw[1].1)
-        .bind::<Bool, _>(per_type_sets)
-        .bind::<Bool, _>(all)
-        .bind::<Array<Text>, _>(names)
-        .bind::<Bool, _>(with_rollups)
-        .load(conn)
-        .await?)
-}
-
-type UserPart = Vec<(DateTime<Utc>, String, RoaringTreemap)>;
-/// Single users of the live part: (time, group, user).
-type LiveUsers = Vec<(DateTime<Utc>, String, u64)>;
-
-/// Splits statement output into (generation, decoded stored sets, single users).
-fn split_users(rows: Vec<UserRow>) -> Result<(i64, UserPart, LiveUsers)> {
-    let mut generation = None;
-    let (mut sets, mut users) = (Vec::new(), Vec::new());
-    for row in rows {
-        match (row.part, row.users, row.user_id) {
-            (0, Some(blob), _) => {
-                let set = RoaringTreemap::deserialize_from(&blob[..])
-                    .map_err(|e| Error::Internal(format!("corrupt user set: {e}")))?;
-                sets.push((row.t, row.grp, set));
-            }
-            (1, _, Some(user)) => users.push((row.t, row.grp, user as u64)),
-            (2, _, Some(g)) => generation = Some(g),
-            _ => {}
-        }
-    }
-    let generation = generation.ok_or_else(|| Error::Internal("rollup_state has no row".into()))?;
-    Ok((generation, sets, users))
-}
-
-async fn user_sets(
-    conn: &mut AsyncPgConnection,
-    cache: &QueryCache,
-    q: &MetricQuery,
-    types: &TypeSelection,
-    buckets: usize,
-    extend_end: bool,
-) -> Result<(Vec<SeriesValues>, CacheUse)> {
-    let plan = plan_of(q, extend_end);
-    let key = CacheKey::new(q, &plan);
-    let grouped = q.group_by == Dimension::EventType;
-    let assemble = |sets: &UserPart, users: LiveUsers| {
-        let mut series = UserSeries::new(buckets);
-        for (t, grp, set) in sets {
-            if let Some(i) = index_of(q, *t) {
-                series.add_set(grp, i, set);
-            }
-        }
-        for (t, grp, user) in users {
-            if let Some(i) = index_of(q, t) {
-                series.add_user(&grp, i, user);
-            }
-        }
-        series.finish(grouped, q.limit)
-    };
-    if let Some((generation, entry)) = cache.get(&key)
-        && let Cached::Users(cached) = &*entry
-    {
-        let (now, _, users) = split_users(user_rows(conn, q, types, &plan, false).await?)?;
-        if now == generation {
-            return Ok((assemble(cached, users), CacheUse::Hit));
-        }
-    }
-    let (generation, sets, users) = split_users(user_rows(conn, q, types, &plan, true).await?)?;
-    let series = assemble(&sets, users);
-    let bytes = sets
-        .iter()
-        .map(|(_, g, s)| g.len() + s.serialized_size() + 64)
-        .sum();
-    cache.put(key, generation, Cached::Users(sets), bytes);
-    Ok((series, CacheUse::Miss))
-}
-
-/// What the cache keeps: the rollup part of one answer.
-pub enum Cached {
-    Counts(Vec<(DateTime<Utc>, String, BigDecimal)>),
-    Users(UserPart),
-}
-
-/// The shape of a request that determines its rollup part: everything but
-/// the sub-minute edges and the limit.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey {
-    metric: Metric,
-    granularity: crate::domain::metric::Granularity,
-    group_by: Dimension,
-    filter: crate::domain::metric::Filter,
-    pieces: Vec<(i32, i64, i64)>,
-}
-
-impl CacheKey {
-    fn new(q: &MetricQuery, plan: &Plan) -> Self {
-        Self {
-            metric: q.metric,
-            granularity: q.granularity,
-            group_by: q.group_by,
-            filter: q.filter.clone(),
-            pieces: plan
-                .pieces
-                .iter()
-                .map(|p| (p.resolution, p.from.timestamp(), p.to.timestamp()))
-                .collect(),
-        }
-    }
-}
-
-/// Rollup parts of recent answers, for one fold generation at a time,
-/// within a byte budget. Shared by every call of one process.
-pub struct QueryCache {
-    inner: std::sync::Mutex<CacheInner>,
-    max_bytes: usize,
-}
-
-#[derive(Default)]
-struct CacheInner {
-    generation: i64,
-    bytes: usize,
-    entries: std::collections::HashMap<CacheKey, std::sync::Arc<Cached>>,
-}
-
-impl QueryCache {
-    /// A cache holding at most `max_bytes` (estimated); 0 disables it.
-    pub fn new(max_bytes: usize) -> Self {
-        Self {
-            inner: std::sync::Mutex::default(),
-            max_bytes,
-        }
-    }
-
-    fn get(&self, key: &CacheKey) -> Option<(i64, std::sync::Arc<Cached>)> {
-        let inner = self.inner.lock().ok()?;
-        inner
-            .entries
-            .get(key)
-            .map(|c| (inner.generation, c.clone()))
-    }
-
-    fn put(&self, key: CacheKey, generation: i64, value: Cached, bytes: usize) {
-        if bytes > self.max_bytes / 4 {
-            return;
-        }
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
-        if generation < inner.generation {
-            return;
-        }
-        if generation > inner.generation || inner.bytes + bytes > self.max_bytes {
-            // A new generation makes every entry useless; a full cache starts over.
-            inner.entries.clear();
-            inner.bytes = 0;
-            inner.generation = generation;
-        }
-        inner.bytes += bytes;
-        inner.entries.insert(key, std::sync::Arc::new(value));
-    }
+/// `0` for TOTAL, else the bucket width in seconds.
+fn granularity_secs(q: &MetricQuery) -> i32 {
+    q.granularity.seconds().unwrap_or(0)
 }
 
 fn raw_statement<'a>(
@@ -726,27 +669,13 @@ fn raw_statement<'a>(
     q: &MetricQuery,
     secs: i32,
 ) -> diesel::query_builder::BoxedSqlQuery<'a, diesel::pg::Pg, diesel::query_builder::SqlQuery> {
-    let group = match q.group_by {
-        Dimension::None => 0,
-        Dimension::EventType => 1,
-        Dimension::PageUrl => 2,
-        Dimension::ProductId => 3,
-    };
-    let metric = match q.metric {
-        Metric::Events => 1,
-        Metric::UniqueUsers => 2,
-        Metric::Pageviews => 3,
-        Metric::Purchases => 4,
-        Metric::Revenue => 5,
-        Metric::Quantity => 6,
-    };
     let f = &q.filter;
     diesel::sql_query(sql)
         .into_boxed()
         .bind::<Int4, _>(secs)
         .bind::<Timestamptz, _>(q.start)
-        .bind::<Int4, _>(group)
-        .bind::<Int4, _>(metric)
+        .bind::<Int4, _>(raw_group_code(q.group_by))
+        .bind::<Int4, _>(raw_value_code(q.metric))
         .bind::<Timestamptz, _>(q.start)
         .bind::<Timestamptz, _>(q.end)
         .bind::<Bool, _>(f.event_types.is_empty())
@@ -759,34 +688,46 @@ fn raw_statement<'a>(
 /// The plan of the raw-events statement for `q` (`EXPLAIN ANALYZE`): tests
 /// check that a user filter reads `events_user_id_timestamp`.
 pub async fn explain_raw(conn: &mut AsyncPgConnection, q: &MetricQuery) -> Result<String> {
-    #[derive(QueryableByName)]
-    struct PlanLine {
-        #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
-        line: String,
-    }
     let sql = format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {RAW_SQL}");
-    let lines: Vec<PlanLine> = raw_statement(&sql, q, granularity_secs(q))
-        .load(conn)
-        .await?;
-    Ok(lines
-        .into_iter()
-        .map(|l| l.line)
-        .collect::<Vec<_>>()
-        .join("\n"))
+    explain(conn, raw_statement(&sql, q, granularity_secs(q))).await
 }
 
-async fn raw(
-    conn: &mut AsyncPgConnection,
+/// The output bucket of a row; TOTAL rows all land in the one bucket.
+fn index_of(q: &MetricQuery, t: DateTime<Utc>) -> Option<usize> {
+    if q.granularity.seconds().is_none() {
+        Some(0)
+    } else {
+        q.bucket_index(t)
+    }
+}
+
+fn collect_raw(
     q: &MetricQuery,
     buckets: usize,
-) -> Result<Vec<SeriesValues>> {
+    rows: Vec<RawRow>,
+    limit: u32,
+) -> Vec<SeriesValues> {
+    let mut series = CountSeries::new(buckets);
+    for row in rows {
+        if let Some(i) = index_of(q, row.bucket) {
+            series.add(&row.grp, i, row.value);
+        }
+    }
+    series.finish(q.group_by != Dimension::None, limit)
+}
+
+/// Answers a query with a user filter from raw events: one user's events
+/// through `events_user_id_timestamp`, so the cost is that user's events in
+/// the range.
+pub async fn raw(conn: &mut AsyncPgConnection, q: &MetricQuery) -> Result<Vec<SeriesValues>> {
+    let buckets = q.bucket_starts().len();
     let grouped = q.group_by != Dimension::None;
-    let run = async |conn: &mut AsyncPgConnection, secs: i32| -> Result<Vec<CountRow>> {
+    let run = async |conn: &mut AsyncPgConnection, secs: i32| -> Result<Vec<RawRow>> {
         Ok(raw_statement(RAW_SQL, q, secs).load(conn).await?)
     };
     if q.metric != Metric::UniqueUsers {
         let rows = run(conn, granularity_secs(q)).await?;
-        return Ok(collect_counts(q, buckets, rows, q.limit));
+        return Ok(collect_raw(q, buckets, rows, q.limit));
     }
     // Distinct users do not add up across buckets: the totals are a second
     // read of the same snapshot.
@@ -798,7 +739,7 @@ async fn raw(
         .run::<_, Error, _>(async |conn| Ok((run(conn, secs).await?, run(conn, 0).await?)))
         .await?;
     // Rank by distinct totals, not by the sum of per-bucket counts.
-    let mut series = collect_counts(q, buckets, points, u32::MAX);
+    let mut series = collect_raw(q, buckets, points, u32::MAX);
     let mut total_of = std::collections::HashMap::new();
     for row in totals {
         total_of.insert(
@@ -818,4 +759,21 @@ async fn raw(
         series.truncate(q.limit as usize);
     }
     Ok(series)
+}
+
+/// Type ids named by a selection (`None`: all types). Unknown names match
+/// no event and are left out.
+pub fn type_ids(
+    selection: &TypeSelection,
+    by_name: &std::collections::HashMap<String, i16>,
+) -> Option<Vec<i16>> {
+    match selection {
+        TypeSelection::All => None,
+        TypeSelection::Only(names) => Some(
+            names
+                .iter()
+                .filter_map(|n| by_name.get(n).copied())
+                .collect(),
+        ),
+    }
 }

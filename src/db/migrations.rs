@@ -32,8 +32,7 @@ where
     use diesel::Connection;
     let url = url.to_owned();
     tokio::task::spawn_blocking(move || {
-        let mut conn = Wrapper::establish(&url)
-            .map_err(|e| Error::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        let mut conn = Wrapper::establish(&url).map_err(|e| super::cannot_connect(&url, e))?;
         work(&mut conn)
     })
     .await
@@ -108,4 +107,47 @@ pub async fn pending(url: &str) -> Result<Vec<String>> {
         .filter(|m| !m.applied)
         .map(|m| m.version)
         .collect())
+}
+
+/// Versions this build knows that the database behind `conn` has not
+/// applied, read over an async connection (no blocking thread), for the
+/// readiness probe. A database never migrated has every version pending.
+pub async fn pending_on(conn: &mut AsyncPgConnection) -> Result<Vec<String>> {
+    use diesel::QueryableByName;
+    use diesel::sql_types::{Bool, Text};
+    use diesel_async::RunQueryDsl;
+
+    #[derive(QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = Bool)]
+        exists: bool,
+    }
+    #[derive(QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = Text)]
+        version: String,
+    }
+    let table: Exists =
+        diesel::sql_query("SELECT to_regclass('__diesel_schema_migrations') IS NOT NULL AS exists")
+            .get_result(conn)
+            .await?;
+    let applied: Vec<String> = if table.exists {
+        diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+            .load::<Version>(conn)
+            .await?
+            .into_iter()
+            .map(|v| v.version)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut pending: Vec<String> =
+        diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+            .map_err(migration_error)?
+            .iter()
+            .map(|m| m.name().version().to_string())
+            .filter(|version| !applied.contains(version))
+            .collect();
+    pending.sort();
+    Ok(pending)
 }

@@ -18,4 +18,6 @@ pub mod replica;
 pub mod rollups;
 pub mod schema;
 
-pub use pool::{PgPool, PooledConnection, build_pool, connection, ensure_database};
+pub use pool::{
+    PgPool, PoolRole, PooledConnection, build_pool, cannot_connect, connection, ensure_database,
+};

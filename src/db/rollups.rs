@@ -46,85 +46,41 @@ struct Locked {
     locked: bool,
 }
 
-#[derive(QueryableByName)]
-struct Moved {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-#[derive(QueryableByName)]
-struct UserDelta {
-    #[diesel(sql_type = Timestamptz)]
-    minute: DateTime<Utc>,
-    #[diesel(sql_type = Int2)]
-    event_type_id: i16,
-    #[diesel(sql_type = Int8)]
-    user_id: i64,
-}
-
-#[derive(QueryableByName)]
-struct StoredSet {
-    #[diesel(sql_type = Int4)]
-    resolution: i32,
-    #[diesel(sql_type = Timestamptz)]
-    bucket: DateTime<Utc>,
-    #[diesel(sql_type = Int2)]
-    event_type_id: i16,
-    #[diesel(sql_type = Bytea)]
-    users: Vec<u8>,
-}
-
-/// Adds each moved delta to its minute, hour and day rows.
-const FOLD_TYPES: &str = r#"
-WITH moved AS (DELETE FROM rollup_type_deltas RETURNING minute, event_type_id, events),
-agg AS (
+/// Moves up to `$1` count deltas into their minute, hour and day rows, and
+/// returns the distinct minutes they touched (with the number of delta
+/// rows moved on every row).
+const FOLD_COUNTS: &str = r#"
+WITH moved AS (
+    DELETE FROM rollup_count_deltas
+    WHERE ctid = ANY (ARRAY (SELECT ctid FROM rollup_count_deltas LIMIT $1))
+    RETURNING minute, dimension, value_id, event_type_id, events, quantity, revenue
+), agg AS (
     SELECT r.res, date_bin(make_interval(secs => r.res), m.minute, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
-           m.event_type_id, sum(m.events)::bigint AS events
+           m.dimension, m.value_id, m.event_type_id,
+           sum(m.events)::bigint AS events, sum(m.quantity)::bigint AS quantity, sum(m.revenue) AS revenue
     FROM moved m CROSS JOIN (VALUES (60), (3600), (86400)) AS r(res)
-    GROUP BY 1, 2, 3
+    GROUP BY 1, 2, 3, 4, 5
 ), up AS (
-    INSERT INTO rollup_type_counts AS t (resolution, bucket, event_type_id, events)
-    SELECT * FROM agg ORDER BY 1, 2, 3
-    ON CONFLICT (resolution, bucket, event_type_id) DO UPDATE SET events = t.events + EXCLUDED.events
-)
-SELECT count(*) AS n FROM moved
-"#;
-
-const FOLD_PAGES: &str = r#"
-WITH moved AS (DELETE FROM rollup_page_deltas RETURNING minute, page_url, pageviews),
-agg AS (
-    SELECT r.res, date_bin(make_interval(secs => r.res), m.minute, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
-           m.page_url, sum(m.pageviews)::bigint AS pageviews
-    FROM moved m CROSS JOIN (VALUES (60), (3600), (86400)) AS r(res)
-    GROUP BY 1, 2, 3
-), up AS (
-    INSERT INTO rollup_page_counts AS t (resolution, bucket, page_url, pageviews)
-    SELECT * FROM agg ORDER BY 1, 2, 3
-    ON CONFLICT (resolution, bucket, page_url) DO UPDATE SET pageviews = t.pageviews + EXCLUDED.pageviews
-)
-SELECT count(*) AS n FROM moved
-"#;
-
-const FOLD_PRODUCTS: &str = r#"
-WITH moved AS (DELETE FROM rollup_product_deltas RETURNING minute, product_id, purchases, quantity, revenue),
-agg AS (
-    SELECT r.res, date_bin(make_interval(secs => r.res), m.minute, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
-           m.product_id, sum(m.purchases)::bigint AS purchases, sum(m.quantity)::bigint AS quantity,
-           sum(m.revenue) AS revenue
-    FROM moved m CROSS JOIN (VALUES (60), (3600), (86400)) AS r(res)
-    GROUP BY 1, 2, 3
-), up AS (
-    INSERT INTO rollup_product_counts AS t (resolution, bucket, product_id, purchases, quantity, revenue)
-    SELECT * FROM agg ORDER BY 1, 2, 3
-    ON CONFLICT (resolution, bucket, product_id) DO UPDATE
-        SET purchases = t.purchases + EXCLUDED.purchases,
+    INSERT INTO rollup_counts AS t (resolution, bucket, dimension, value_id, event_type_id, events, quantity, revenue)
+    SELECT * FROM agg ORDER BY 1, 3, 2, 4, 5
+    ON CONFLICT (resolution, dimension, bucket, value_id, event_type_id) DO UPDATE
+        SET events = t.events + EXCLUDED.events,
             quantity = t.quantity + EXCLUDED.quantity,
             revenue = t.revenue + EXCLUDED.revenue
 )
-SELECT count(*) AS n FROM moved
+SELECT minute, (SELECT count(*) FROM moved) AS n FROM moved GROUP BY minute
 "#;
 
-/// Folds every committed delta into the rollups, in one transaction.
+/// Most delta rows one fold moves per table: a fold's memory and
+/// transaction stay bounded whatever piled up (a history import, a
+/// migration's seed); the next fold takes the rest.
+pub const FOLD_BATCH: i64 = 200_000;
+
+/// Distinct minutes up to which a fold logs minutes; beyond, only hours.
+const LOGGED_MINUTES: usize = 1_000;
+
+/// Folds up to [`FOLD_BATCH`] committed deltas of each table into the
+/// rollups, in one transaction, and logs what it touched.
 pub async fn fold(conn: &mut AsyncPgConnection) -> Result<FoldOutcome> {
     conn.transaction::<_, Error, _>(async |conn| {
         let lock: Locked = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS locked")
@@ -134,7 +90,7 @@ pub async fn fold(conn: &mut AsyncPgConnection) -> Result<FoldOutcome> {
         if !lock.locked {
             return Ok(FoldOutcome::default());
         }
-        let delta_rows = fold_pending(conn).await?;
+        let delta_rows = fold_pending(conn, FOLD_BATCH).await?;
         Ok(FoldOutcome {
             delta_rows,
             ran: true,
@@ -152,46 +108,110 @@ pub async fn fold(conn: &mut AsyncPgConnection) -> Result<FoldOutcome> {
 /// that stalls ingest and queries; the emptied pages are reused instead.
 pub async fn vacuum_deltas(conn: &mut AsyncPgConnection) -> Result<()> {
     diesel::sql_query(
-        "VACUUM (SKIP_LOCKED, TRUNCATE false) rollup_type_deltas, rollup_page_deltas, rollup_product_deltas, rollup_user_deltas",
+        "VACUUM (SKIP_LOCKED, TRUNCATE false) rollup_count_deltas, rollup_set_deltas",
     )
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// The body of a fold, inside the caller's transaction.
-async fn fold_pending(conn: &mut AsyncPgConnection) -> Result<u64> {
-    let mut delta_rows = 0u64;
-    for sql in [FOLD_TYPES, FOLD_PAGES, FOLD_PRODUCTS] {
-        let moved: Moved = diesel::sql_query(sql).get_result(conn).await?;
-        delta_rows += moved.n as u64;
-    }
-    delta_rows += fold_user_sets(conn).await?;
+#[derive(QueryableByName)]
+struct TouchedMinute {
+    #[diesel(sql_type = Timestamptz)]
+    minute: DateTime<Utc>,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// The body of a fold, inside the caller's transaction: moves up to `batch`
+/// deltas of each table, bumps the generation and logs the touched minutes
+/// (or hours, when there are many) under it.
+async fn fold_pending(conn: &mut AsyncPgConnection, batch: i64) -> Result<u64> {
+    let touched: Vec<TouchedMinute> = diesel::sql_query(FOLD_COUNTS)
+        .bind::<BigInt, _>(batch)
+        .load(conn)
+        .await?;
+    let mut delta_rows = <[TouchedMinute]>::first(&touched).map_or(0, |t| t.n as u64);
+    let mut minutes: Vec<DateTime<Utc>> = touched.into_iter().map(|t| t.minute).collect();
+    let (set_rows, set_minutes) = fold_sets(conn, batch).await?;
+    delta_rows += set_rows;
+    minutes.extend(set_minutes);
     if delta_rows > 0 {
-        // The query cache keys on this: see db/metrics.rs.
-        diesel::sql_query("UPDATE rollup_state SET fold_generation = fold_generation + 1")
-            .execute(conn)
-            .await?;
+        minutes.sort_unstable();
+        minutes.dedup();
+        let mut hours: Vec<DateTime<Utc>> = minutes.iter().map(|m| floor_to(*m, 3600)).collect();
+        hours.dedup();
+        if minutes.len() > LOGGED_MINUTES {
+            minutes.clear();
+        }
+        log_fold(conn, false, &minutes, &hours).await?;
     }
     Ok(delta_rows)
 }
 
-/// Seeds the deltas of every event in `[$1, $2)` from the raw tables.
-const SEED_DELTAS: [&str; 4] = [
-    r#"INSERT INTO rollup_type_deltas (minute, event_type_id, events)
-       SELECT date_trunc('minute', "timestamp", 'UTC'), event_type_id, count(*) FROM events
-       WHERE "timestamp" >= $1 AND "timestamp" < $2 GROUP BY 1, 2"#,
-    r#"INSERT INTO rollup_page_deltas (minute, page_url, pageviews)
-       SELECT date_trunc('minute', e."timestamp", 'UTC'), p.page_url, count(*)
+/// Bumps the generation and records what changed under it; prunes log rows
+/// far behind (a cache that needs them starts over). The query cache keys
+/// on this: see `query/cache.rs`.
+async fn log_fold(
+    conn: &mut AsyncPgConnection,
+    everything: bool,
+    minutes: &[DateTime<Utc>],
+    hours: &[DateTime<Utc>],
+) -> Result<()> {
+    diesel::sql_query(
+        "WITH g AS (UPDATE rollup_state SET fold_generation = fold_generation + 1 RETURNING fold_generation),
+              logged AS (INSERT INTO rollup_folds (generation, everything, minutes, hours)
+                         SELECT fold_generation, $1, $2, $3 FROM g)
+         DELETE FROM rollup_folds WHERE generation < (SELECT fold_generation FROM g) - $4",
+    )
+    .bind::<Bool, _>(everything)
+    .bind::<Array<Timestamptz>, _>(minutes)
+    .bind::<Array<Timestamptz>, _>(hours)
+    .bind::<BigInt, _>(LOGGED_GENERATIONS)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Fold log rows kept (a process that falls further behind than this, e.g.
+/// idle for hours under steady ingest, drops its cache once).
+const LOGGED_GENERATIONS: i64 = 20_000;
+
+/// Seeds the deltas of every event in `[$1, $2)` from the raw tables (after
+/// registering its pages and products).
+const SEED_DELTAS: [&str; 7] = [
+    r#"INSERT INTO dimension_values (dimension, value)
+       SELECT DISTINCT 1, p.page_url FROM pageviews p JOIN events e USING (event_id)
+       WHERE e."timestamp" >= $1 AND e."timestamp" < $2 ORDER BY 2 ON CONFLICT DO NOTHING"#,
+    r#"INSERT INTO dimension_values (dimension, value)
+       SELECT DISTINCT 2, p.product_id FROM purchases p JOIN events e USING (event_id)
+       WHERE e."timestamp" >= $1 AND e."timestamp" < $2 ORDER BY 2 ON CONFLICT DO NOTHING"#,
+    r#"INSERT INTO rollup_count_deltas (minute, dimension, value_id, event_type_id, events, quantity, revenue)
+       SELECT date_trunc('minute', e."timestamp", 'UTC'), 0, 0, e.event_type_id, count(*),
+              coalesce(sum(p.quantity), 0), coalesce(sum(p.amount), 0)
+       FROM events e LEFT JOIN purchases p USING (event_id)
+       WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1, 4"#,
+    r#"INSERT INTO rollup_count_deltas (minute, dimension, value_id, event_type_id, events, quantity, revenue)
+       SELECT date_trunc('minute', e."timestamp", 'UTC'), 1, v.value_id, e.event_type_id, count(*), 0, 0
        FROM pageviews p JOIN events e USING (event_id)
-       WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1, 2"#,
-    r#"INSERT INTO rollup_product_deltas (minute, product_id, purchases, quantity, revenue)
-       SELECT date_trunc('minute', e."timestamp", 'UTC'), p.product_id, count(*), sum(p.quantity), sum(p.amount)
+       JOIN dimension_values v ON v.dimension = 1 AND v.value = p.page_url
+       WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1, 3, 4"#,
+    r#"INSERT INTO rollup_count_deltas (minute, dimension, value_id, event_type_id, events, quantity, revenue)
+       SELECT date_trunc('minute', e."timestamp", 'UTC'), 2, v.value_id, e.event_type_id, count(*),
+              sum(p.quantity), sum(p.amount)
        FROM purchases p JOIN events e USING (event_id)
-       WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1, 2"#,
-    r#"INSERT INTO rollup_user_deltas (minute, event_type_id, user_id)
-       SELECT DISTINCT date_trunc('minute', "timestamp", 'UTC'), event_type_id, user_id FROM events
+       JOIN dimension_values v ON v.dimension = 2 AND v.value = p.product_id
+       WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1, 3, 4"#,
+    r#"INSERT INTO rollup_set_deltas (minute, dimension, value_id, event_type_id, user_id)
+       SELECT DISTINCT date_trunc('minute', "timestamp", 'UTC'), 0, 0, event_type_id, user_id FROM events
        WHERE "timestamp" >= $1 AND "timestamp" < $2 AND user_id IS NOT NULL"#,
+    r#"INSERT INTO rollup_set_deltas (minute, dimension, value_id, event_type_id, user_id)
+       SELECT DISTINCT date_trunc('minute', e."timestamp", 'UTC'), d.dimension, v.value_id, e.event_type_id, e.user_id
+       FROM events e
+       JOIN (SELECT event_id, 1::int2 AS dimension, page_url AS value FROM pageviews
+             UNION ALL SELECT event_id, 2::int2, product_id FROM purchases) d USING (event_id)
+       JOIN dimension_values v ON v.dimension = d.dimension AND v.value = d.value
+       WHERE e."timestamp" >= $1 AND e."timestamp" < $2 AND e.user_id IS NOT NULL"#,
 ];
 
 #[derive(QueryableByName)]
@@ -219,16 +239,19 @@ pub async fn rebuild(
             .bind::<BigInt, _>(FOLD_LOCK)
             .execute(conn)
             .await?;
-        diesel::sql_query("LOCK TABLE events IN SHARE MODE").execute(conn).await?;
+        diesel::sql_query("LOCK TABLE events IN SHARE MODE")
+            .execute(conn)
+            .await?;
         diesel::sql_query(
-            "TRUNCATE rollup_type_counts, rollup_page_counts, rollup_product_counts, rollup_user_sets,
-                      rollup_type_deltas, rollup_page_deltas, rollup_product_deltas, rollup_user_deltas",
+            "TRUNCATE rollup_counts, rollup_sets, rollup_count_deltas, rollup_set_deltas",
         )
         .execute(conn)
         .await?;
-        let span: Span = diesel::sql_query(r#"SELECT min("timestamp") AS first, max("timestamp") AS last FROM events"#)
-            .get_result(conn)
-            .await?;
+        let span: Span = diesel::sql_query(
+            r#"SELECT min("timestamp") AS first, max("timestamp") AS last FROM events"#,
+        )
+        .get_result(conn)
+        .await?;
         let mut total = 0;
         if let (Some(first), Some(last)) = (span.first, span.last) {
             let mut day = floor_to(first, 86400);
@@ -241,107 +264,176 @@ pub async fn rebuild(
                         .execute(conn)
                         .await?;
                 }
-                let rows = fold_pending(conn).await?;
+                let mut rows = 0;
+                loop {
+                    let moved = fold_pending(conn, i64::MAX).await?;
+                    rows += moved;
+                    if moved == 0 {
+                        break;
+                    }
+                }
                 total += rows;
                 progress(day, rows);
                 day = next;
             }
         }
-        diesel::sql_query("UPDATE rollup_state SET fold_generation = fold_generation + 1")
-            .execute(conn)
-            .await?;
+        log_fold(conn, true, &[], &[]).await?;
         Ok(total)
     })
     .await
 }
 
-/// Moves user deltas into the bitmaps of their minute, hour and day, for
-/// their own type and for "any type".
-async fn fold_user_sets(conn: &mut AsyncPgConnection) -> Result<u64> {
-    let deltas: Vec<UserDelta> = diesel::sql_query(
-        "DELETE FROM rollup_user_deltas RETURNING minute, event_type_id, user_id",
+#[derive(QueryableByName)]
+struct SetDelta {
+    #[diesel(sql_type = Timestamptz)]
+    minute: DateTime<Utc>,
+    #[diesel(sql_type = Int2)]
+    dimension: i16,
+    #[diesel(sql_type = Int4)]
+    value_id: i32,
+    #[diesel(sql_type = Int2)]
+    event_type_id: i16,
+    #[diesel(sql_type = Int8)]
+    user_id: i64,
+}
+
+#[derive(QueryableByName)]
+struct StoredSet {
+    #[diesel(sql_type = Int4)]
+    resolution: i32,
+    #[diesel(sql_type = Int2)]
+    dimension: i16,
+    #[diesel(sql_type = Timestamptz)]
+    bucket: DateTime<Utc>,
+    #[diesel(sql_type = Int4)]
+    value_id: i32,
+    #[diesel(sql_type = Int2)]
+    event_type_id: i16,
+    #[diesel(sql_type = Bytea)]
+    users: Vec<u8>,
+}
+
+/// A user set's key: (resolution, dimension, bucket, value, type).
+type SetKey = (i32, i16, DateTime<Utc>, i32, i16);
+type SetAdditions = BTreeMap<SetKey, RoaringTreemap>;
+
+/// Moves up to `batch` set deltas into the bitmaps of their minute, hour
+/// and day (and, for dimension 0, the any-type set). Returns the rows moved
+/// and the minutes touched.
+async fn fold_sets(conn: &mut AsyncPgConnection, batch: i64) -> Result<(u64, Vec<DateTime<Utc>>)> {
+    let deltas: Vec<SetDelta> = diesel::sql_query(
+        "DELETE FROM rollup_set_deltas
+         WHERE ctid = ANY (ARRAY (SELECT ctid FROM rollup_set_deltas LIMIT $1))
+         RETURNING minute, dimension, value_id, event_type_id, user_id",
     )
+    .bind::<BigInt, _>(batch)
     .load(conn)
     .await?;
     if deltas.is_empty() {
-        return Ok(0);
+        return Ok((0, Vec::new()));
     }
     // Bitmap work is CPU-bound: keep it off the async worker threads, so a
     // fold never stalls the ingest and query tasks sharing them.
     let rows = deltas.len() as u64;
-    let mut additions = tokio::task::spawn_blocking(move || group_user_deltas(&deltas))
+    let (mut additions, minutes) = tokio::task::spawn_blocking(move || group_set_deltas(&deltas))
         .await
         .map_err(|e| Error::Internal(format!("user-set task failed: {e}")))??;
 
     let resolutions: Vec<i32> = additions.keys().map(|k| k.0).collect();
-    let buckets: Vec<DateTime<Utc>> = additions.keys().map(|k| k.1).collect();
-    let types: Vec<i16> = additions.keys().map(|k| k.2).collect();
+    let dimensions: Vec<i16> = additions.keys().map(|k| k.1).collect();
+    let buckets: Vec<DateTime<Utc>> = additions.keys().map(|k| k.2).collect();
+    let values: Vec<i32> = additions.keys().map(|k| k.3).collect();
+    let types: Vec<i16> = additions.keys().map(|k| k.4).collect();
     let stored: Vec<StoredSet> = diesel::sql_query(
-        "SELECT s.resolution, s.bucket, s.event_type_id, s.users
-         FROM rollup_user_sets s
-         JOIN unnest($1::int4[], $2::timestamptz[], $3::int2[]) AS k(resolution, bucket, event_type_id)
-           USING (resolution, bucket, event_type_id)
-         ORDER BY 1, 2, 3
+        "SELECT s.resolution, s.dimension, s.bucket, s.value_id, s.event_type_id, s.users
+         FROM rollup_sets s
+         JOIN unnest($1::int4[], $2::int2[], $3::timestamptz[], $4::int4[], $5::int2[])
+              AS k(resolution, dimension, bucket, value_id, event_type_id)
+           USING (resolution, dimension, bucket, value_id, event_type_id)
+         ORDER BY 1, 2, 3, 4, 5
          FOR UPDATE OF s",
     )
     .bind::<Array<Int4>, _>(&resolutions)
+    .bind::<Array<Int2>, _>(&dimensions)
     .bind::<Array<Timestamptz>, _>(&buckets)
+    .bind::<Array<Int4>, _>(&values)
     .bind::<Array<Int2>, _>(&types)
     .load(conn)
     .await?;
     let (blobs, cardinalities) =
-        tokio::task::spawn_blocking(move || merge_user_sets(&mut additions, stored))
+        tokio::task::spawn_blocking(move || merge_sets(&mut additions, stored))
             .await
             .map_err(|e| Error::Internal(format!("user-set task failed: {e}")))??;
     diesel::sql_query(
-        "INSERT INTO rollup_user_sets (resolution, bucket, event_type_id, users, cardinality)
-         SELECT * FROM unnest($1::int4[], $2::timestamptz[], $3::int2[], $4::bytea[], $5::int8[])
-         ON CONFLICT (resolution, bucket, event_type_id) DO UPDATE
+        "INSERT INTO rollup_sets (resolution, dimension, bucket, value_id, event_type_id, users, cardinality)
+         SELECT * FROM unnest($1::int4[], $2::int2[], $3::timestamptz[], $4::int4[], $5::int2[], $6::bytea[], $7::int8[])
+         ON CONFLICT (resolution, dimension, bucket, value_id, event_type_id) DO UPDATE
             SET users = EXCLUDED.users, cardinality = EXCLUDED.cardinality",
     )
     .bind::<Array<Int4>, _>(&resolutions)
+    .bind::<Array<Int2>, _>(&dimensions)
     .bind::<Array<Timestamptz>, _>(&buckets)
+    .bind::<Array<Int4>, _>(&values)
     .bind::<Array<Int2>, _>(&types)
     .bind::<Array<Bytea>, _>(&blobs)
     .bind::<Array<Int8>, _>(&cardinalities)
     .execute(conn)
     .await?;
-    Ok(rows)
+    Ok((rows, minutes))
 }
 
-type UserAdditions = BTreeMap<(i32, DateTime<Utc>, i16), RoaringTreemap>;
-
-/// The users each (resolution, bucket, type) set gains from the deltas.
-fn group_user_deltas(deltas: &[UserDelta]) -> Result<UserAdditions> {
-    let mut additions = UserAdditions::new();
+/// The users each set gains from the deltas, and the distinct minutes.
+fn group_set_deltas(deltas: &[SetDelta]) -> Result<(SetAdditions, Vec<DateTime<Utc>>)> {
+    let mut additions = SetAdditions::new();
+    let mut minutes = Vec::new();
     for delta in deltas {
         let user = u64::try_from(delta.user_id)
             .map_err(|_| Error::Internal(format!("negative user id {}", delta.user_id)))?;
+        minutes.push(delta.minute);
+        // Dimension 0 also keeps the set of every type.
+        let types = [delta.event_type_id, ANY_TYPE];
+        let types = if delta.dimension == 0 {
+            &types[..]
+        } else {
+            &types[..1]
+        };
         for resolution in RESOLUTIONS {
             let bucket = floor_to(delta.minute, resolution);
-            for event_type_id in [delta.event_type_id, ANY_TYPE] {
+            for &event_type_id in types {
                 additions
-                    .entry((resolution, bucket, event_type_id))
+                    .entry((
+                        resolution,
+                        delta.dimension,
+                        bucket,
+                        delta.value_id,
+                        event_type_id,
+                    ))
                     .or_default()
                     .insert(user);
             }
         }
     }
-    Ok(additions)
+    minutes.sort_unstable();
+    minutes.dedup();
+    Ok((additions, minutes))
 }
 
 /// ORs the stored sets into the additions and serializes the results, in
 /// key order (the order of the key arrays already bound).
-fn merge_user_sets(
-    additions: &mut UserAdditions,
+fn merge_sets(
+    additions: &mut SetAdditions,
     stored: Vec<StoredSet>,
 ) -> Result<(Vec<Vec<u8>>, Vec<i64>)> {
     for set in stored {
         let existing = RoaringTreemap::deserialize_from(&set.users[..])
             .map_err(|e| Error::Internal(format!("corrupt user set: {e}")))?;
-        if let Entry::Occupied(mut entry) =
-            additions.entry((set.resolution, set.bucket, set.event_type_id))
-        {
+        if let Entry::Occupied(mut entry) = additions.entry((
+            set.resolution,
+            set.dimension,
+            set.bucket,
+            set.value_id,
+            set.event_type_id,
+        )) {
             *entry.get_mut() |= existing;
         }
     }

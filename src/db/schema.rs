@@ -109,9 +109,21 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Dictionary of the values of each rollup dimension (page URLs, product ids), so rollup rows carry a 4-byte id instead of the string. Rows are never deleted or changed, so a cached id is always valid.
+    dimension_values (value_id) {
+        /// The id rollup rows and deltas store; unique across dimensions.
+        value_id -> Int4,
+        /// Which dimension: 1 page_url, 2 product_id (the codes of domain::metric::Dimension).
+        dimension -> Int2,
+        /// The value as sent by clients.
+        value -> Text,
+    }
+}
+
+diesel::table! {
     /// Lookup of event type names, registered on first sight, so events store a 2-byte id.
     event_types (event_type_id) {
-        /// Surrogate key stored in events.event_type_id.
+        /// Surrogate key stored in events.event_type_id: 1 to 32767, the lowest free id given by Pulse under an advisory lock (0 means any type in rollup_user_sets).
         event_type_id -> Int2,
         /// The event type as sent by clients: click, purchase, sign_up, pageview, ...
         name -> Text,
@@ -167,34 +179,60 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// Pageviews per bucket and page (rollup of pageviews).
-    rollup_page_counts (resolution, bucket, page_url) {
+    /// Events, purchased quantity and revenue per bucket, dimension value and event type (a rollup of events, pageviews and purchases). fillfactor 70: the rows of the current hour and day are updated by every fold and stay HOT.
+    rollup_counts (resolution, dimension, bucket, value_id, event_type_id) {
         /// Bucket width in seconds: 60, 3600 or 86400.
         resolution -> Int4,
+        /// 0: every event (value_id 0); 1: pageviews by page; 2: purchases by product.
+        dimension -> Int2,
         /// Start of the bucket, aligned to the resolution in UTC.
         bucket -> Timestamptz,
-        /// The page.
-        page_url -> Text,
-        /// Number of pageview events.
-        pageviews -> Int8,
+        /// The dimension value (dimension_values.value_id); 0 for dimension 0.
+        value_id -> Int4,
+        /// The event type (event_types.event_type_id).
+        event_type_id -> Int2,
+        /// Number of events.
+        events -> Int8,
+        /// Sum of purchased quantities (0 but for purchases).
+        quantity -> Int8,
+        /// Sum of purchase amounts, exact (0 but for purchases).
+        revenue -> Numeric,
     }
 }
 
 diesel::table! {
-    /// Purchases, quantity and revenue per bucket and product (rollup of purchases).
-    rollup_product_counts (resolution, bucket, product_id) {
+    /// What each fold (generation) changed: query caches keep every cached bucket that no later fold touched. Old rows are pruned; a cache that finds its generation pruned starts over.
+    rollup_folds (generation) {
+        /// The rollup_state.fold_generation this fold created.
+        generation -> Int8,
+        /// When the fold committed (database clock).
+        folded_at -> Timestamptz,
+        /// True when every bucket may have changed (a rebuild).
+        everything -> Bool,
+        /// The distinct minutes whose rollups changed, when few; empty when only hours are known.
+        minutes -> Array<Nullable<Timestamptz>>,
+        /// The distinct hours whose rollups (minute, hour or day rows) changed.
+        hours -> Array<Nullable<Timestamptz>>,
+    }
+}
+
+diesel::table! {
+    /// The exact set of users active per bucket, dimension value and event type, as a serialized Roaring bitmap of users.user_id: unions give exact unique users over any range.
+    rollup_sets (resolution, dimension, bucket, value_id, event_type_id) {
         /// Bucket width in seconds: 60, 3600 or 86400.
         resolution -> Int4,
+        /// 0: every event (value_id 0); 1: pageviews by page; 2: purchases by product.
+        dimension -> Int2,
         /// Start of the bucket, aligned to the resolution in UTC.
         bucket -> Timestamptz,
-        /// The product.
-        product_id -> Text,
-        /// Number of purchase events.
-        purchases -> Int8,
-        /// Sum of purchased quantities.
-        quantity -> Int8,
-        /// Sum of purchase amounts, exact.
-        revenue -> Numeric,
+        /// The dimension value (dimension_values.value_id); 0 for dimension 0.
+        value_id -> Int4,
+        /// The event type, or 0 for events of any type (dimension 0 only).
+        event_type_id -> Int2,
+        /// RoaringTreemap (portable serialization) of users.user_id.
+        users -> Bytea,
+        /// Number of users in the set.
+        cardinality -> Int8,
     }
 }
 
@@ -205,36 +243,6 @@ diesel::table! {
         singleton -> Bool,
         /// Incremented by every fold that changed a rollup table; the query cache keys on it.
         fold_generation -> Int8,
-    }
-}
-
-diesel::table! {
-    /// Events per bucket and event type (rollup of events).
-    rollup_type_counts (resolution, bucket, event_type_id) {
-        /// Bucket width in seconds: 60, 3600 or 86400.
-        resolution -> Int4,
-        /// Start of the bucket, aligned to the resolution in UTC.
-        bucket -> Timestamptz,
-        /// The event type.
-        event_type_id -> Int2,
-        /// Number of events.
-        events -> Int8,
-    }
-}
-
-diesel::table! {
-    /// The exact set of users active per bucket and event type, as a serialized Roaring bitmap of users.user_id; unions give exact unique users over any range.
-    rollup_user_sets (resolution, bucket, event_type_id) {
-        /// Bucket width in seconds: 60, 3600 or 86400.
-        resolution -> Int4,
-        /// Start of the bucket, aligned to the resolution in UTC.
-        bucket -> Timestamptz,
-        /// The event type, or 0 for events of any type.
-        event_type_id -> Int2,
-        /// RoaringTreemap (portable serialization) of users.user_id.
-        users -> Bytea,
-        /// Number of users in the set.
-        cardinality -> Int8,
     }
 }
 
@@ -260,21 +268,20 @@ diesel::joinable!(pageviews -> events (event_id));
 diesel::joinable!(pageviews -> users (user_id));
 diesel::joinable!(purchases -> events (event_id));
 diesel::joinable!(purchases -> users (user_id));
-diesel::joinable!(rollup_type_counts -> event_types (event_type_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     alert_notifications,
     alert_rules,
     alert_states,
     api_keys,
+    dimension_values,
     event_types,
     events,
     pageviews,
     purchases,
-    rollup_page_counts,
-    rollup_product_counts,
+    rollup_counts,
+    rollup_folds,
+    rollup_sets,
     rollup_state,
-    rollup_type_counts,
-    rollup_user_sets,
     users,
 );

@@ -7,8 +7,8 @@
 //! Invariants:
 //! * a [`RuleSpec`] can always be evaluated cheaply: its window and
 //!   `for_seconds` are bounded, its threshold is finite, and its metric and
-//!   filter can match some event and never need a raw scan beyond the
-//!   per-user index (see [`RuleSpec::parse`]);
+//!   filter can match some event, and it is read from rollups or, for one
+//!   user, through the per-user index (see [`RuleSpec::parse`]);
 //! * a rule's state moves inactive → pending → firing → inactive, and only
 //!   the moves into and out of firing notify, so the notifications of one
 //!   rule alternate FIRING, RESOLVED, FIRING, … starting with FIRING — also
@@ -167,14 +167,6 @@ impl RuleSpec {
                 filter_field(&spec.filter, spec.metric),
                 spec.metric
             )),
-            Source::Raw if spec.filter.user_id.is_none() => invalid(format!(
-                "rule.filter.{}: unique users of one page or product need a scan of raw events, too costly to repeat every second; alert on another metric or drop that filter",
-                if spec.filter.page_url.is_some() {
-                    "page_url"
-                } else {
-                    "product_id"
-                }
-            )),
             _ => Ok(spec),
         }
     }
@@ -209,12 +201,10 @@ impl RuleSpec {
 /// The filter field that makes a rule match nothing, for the error message.
 fn filter_field(filter: &Filter, metric: Metric) -> &'static str {
     match metric {
+        _ if filter.page_url.is_some() && filter.product_id.is_some() => "page_url with product_id",
         Metric::Pageviews if filter.product_id.is_some() => "product_id",
         Metric::Purchases | Metric::Revenue | Metric::Quantity if filter.page_url.is_some() => {
             "page_url"
-        }
-        Metric::Events if filter.page_url.is_some() && filter.product_id.is_some() => {
-            "page_url with product_id"
         }
         _ => "event_types",
     }
@@ -859,12 +849,15 @@ mod tests {
             ..raw()
         });
         assert!(e.contains("rule.filter: event_types"), "{e}");
-        let e = bad(RawRule {
-            metric: Metric::UniqueUsers,
-            filter: page,
-            ..raw()
-        });
-        assert!(e.contains("rule.filter.page_url"), "{e}");
+        // Unique users of one page are served by its stored sets: allowed.
+        assert!(
+            RuleSpec::parse(RawRule {
+                metric: Metric::UniqueUsers,
+                filter: page,
+                ..raw()
+            })
+            .is_ok()
+        );
         // A per-user rule is served by the user index: allowed.
         let user = Filter {
             user_id: Some("ann".into()),

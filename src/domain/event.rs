@@ -21,7 +21,10 @@ pub const MAX_FUTURE: TimeDelta = TimeDelta::days(1);
 pub const MAX_EVENT_TYPE_LEN: usize = 64;
 /// Longest identifier: user ids, product ids (bytes).
 pub const MAX_ID_LEN: usize = 256;
-/// Deepest nesting of `data`.
+/// Deepest nesting of `data`, counted in containers: the top-level object is
+/// level 1, each object or array inside it one level more, and a scalar
+/// leaf adds none (16 nested objects with a number inside are accepted, 17
+/// nested objects are not).
 pub const MAX_DATA_DEPTH: usize = 16;
 /// Digits of an amount before and after the decimal point (NUMERIC(18, 4)).
 pub const AMOUNT_INTEGER_DIGITS: usize = 14;
@@ -319,18 +322,24 @@ fn check_data(value: serde_json::Value, limit: usize) -> Result<serde_json::Valu
     if !value.is_object() {
         return Err(Rejection::new("data", "data must be a JSON object"));
     }
+    /// `depth` is the level `value` would sit at if it is a container.
     fn walk(value: &serde_json::Value, depth: usize) -> Result<(), Rejection> {
-        if depth > MAX_DATA_DEPTH {
-            return Err(Rejection::new(
+        let too_deep = || {
+            Err(Rejection::new(
                 "data",
-                format!("data is nested deeper than {MAX_DATA_DEPTH} levels"),
-            ));
-        }
+                format!("data is nested deeper than {MAX_DATA_DEPTH} levels of objects and arrays"),
+            ))
+        };
         match value {
             serde_json::Value::String(s) if s.contains('\0') => Err(Rejection::new(
                 "nul_character",
                 "data holds a string with a NUL character",
             )),
+            serde_json::Value::Array(_) | serde_json::Value::Object(_)
+                if depth > MAX_DATA_DEPTH =>
+            {
+                too_deep()
+            }
             serde_json::Value::Array(items) => items.iter().try_for_each(|v| walk(v, depth + 1)),
             serde_json::Value::Object(map) => map.iter().try_for_each(|(k, v)| {
                 if k.contains('\0') {
@@ -563,6 +572,51 @@ mod tests {
         ] {
             assert!(parse_event_type(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    /// `levels` objects nested in each other around `leaf`.
+    fn nested(levels: usize, leaf: serde_json::Value) -> serde_json::Value {
+        (1..levels).fold(
+            serde_json::json!({ "a": leaf }),
+            |inner, _| serde_json::json!({ "a": inner }),
+        )
+    }
+
+    #[test]
+    fn data_nests_sixteen_levels_of_containers_whatever_the_leaf() {
+        let check = |data| {
+            validate(
+                RawEvent {
+                    data: Some(data),
+                    ..click()
+                },
+                &clock(),
+                &limits(),
+            )
+        };
+        // 16 objects: accepted with a scalar, an empty object or an empty
+        // array inside the innermost (the empty ones are the 16th level).
+        assert!(check(nested(16, serde_json::json!(1))).is_ok());
+        assert!(check(nested(16, serde_json::json!("s"))).is_ok());
+        assert!(check(nested(15, serde_json::json!({}))).is_ok());
+        assert!(check(nested(15, serde_json::json!([1, [], {}]))).is_err());
+        assert!(check(nested(14, serde_json::json!([1, [], {}]))).is_ok());
+        // 17 levels: refused, whatever the innermost holds.
+        for leaf in [
+            serde_json::json!(1),
+            serde_json::json!({}),
+            serde_json::json!([]),
+        ] {
+            let rejection = check(nested(17, leaf)).unwrap_err();
+            assert_eq!(rejection.class, "data");
+            assert!(
+                rejection.reason.contains("deeper than 16"),
+                "{}",
+                rejection.reason
+            );
+        }
+        assert!(check(nested(16, serde_json::json!({}))).is_err());
+        assert!(check(nested(16, serde_json::json!([]))).is_err());
     }
 
     #[test]

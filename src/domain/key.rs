@@ -83,12 +83,17 @@ pub fn hash_key(key: &str) -> KeyHash {
     out
 }
 
-/// A key name: 1–200 bytes after trimming.
+/// A key name: 1–200 bytes after trimming, no control characters.
 pub fn validate_name(name: &str) -> Result<&str> {
     let name = name.trim();
     if name.is_empty() || name.len() > 200 {
         return Err(Error::InvalidArgument(
             "the key name must be 1–200 bytes".into(),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(
+            "the key name may not hold control characters (newlines, tabs, escape codes)".into(),
         ));
     }
     Ok(name)
@@ -118,6 +123,22 @@ mod tests {
         assert_eq!(a.secret.len(), KEY_PREFIX.len() + 43);
         assert_eq!(hash_key(&a.secret), a.hash);
         assert_ne!(a.hash, b.hash);
+    }
+
+    #[test]
+    fn names_are_trimmed_printable_text() {
+        assert_eq!(validate_name("  ops team  ").unwrap(), "ops team");
+        assert_eq!(validate_name("équipe données").unwrap(), "équipe données");
+        for bad in [
+            "",
+            "   ",
+            "a\nb",
+            "ops\x1b[31m",
+            "tab\there",
+            &"x".repeat(201),
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -134,10 +134,6 @@ impl Filter {
             user_id: check("user_id", user_id, MAX_ID_LEN)?,
         })
     }
-
-    fn allows(&self, event_type: &str) -> bool {
-        self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type)
-    }
 }
 
 /// A validated GetMetrics request.
@@ -256,84 +252,139 @@ impl MetricQuery {
         if f.user_id.is_some() {
             return Source::Raw;
         }
-        let types = || {
-            if f.event_types.is_empty() {
-                TypeSelection::All
-            } else {
-                TypeSelection::Only(f.event_types.clone())
-            }
+        // The dimension whose rollup rows are read: page or product when the
+        // request filters or groups on it, else the rows of every event.
+        let pages = f.page_url.is_some() || self.group_by == Dimension::PageUrl;
+        let products = f.product_id.is_some() || self.group_by == Dimension::ProductId;
+        let (dimension, value) = match (pages, products) {
+            (true, true) => return Source::Empty,
+            (true, false) => (Dimension::PageUrl, f.page_url.clone()),
+            (false, true) => (Dimension::ProductId, f.product_id.clone()),
+            (false, false) => (Dimension::None, None),
         };
-        match self.metric {
-            Metric::Pageviews => {
-                if !f.allows("pageview")
-                    || f.product_id.is_some()
-                    || self.group_by == Dimension::ProductId
-                {
-                    Source::Empty
-                } else if f.page_url.is_some() || self.group_by == Dimension::PageUrl {
-                    Source::Pages
-                } else {
-                    Source::Types(TypeSelection::Only(vec!["pageview".into()]))
-                }
-            }
-            Metric::Purchases | Metric::Revenue | Metric::Quantity => {
-                if !f.allows("purchase")
-                    || f.page_url.is_some()
-                    || self.group_by == Dimension::PageUrl
-                {
-                    Source::Empty
-                } else {
-                    Source::Products
-                }
-            }
-            Metric::Events => {
-                let pages = f.page_url.is_some() || self.group_by == Dimension::PageUrl;
-                let products = f.product_id.is_some() || self.group_by == Dimension::ProductId;
-                match (pages, products) {
-                    (true, true) => Source::Empty,
-                    (true, false) if f.allows("pageview") => Source::Pages,
-                    (false, true) if f.allows("purchase") => Source::Products,
-                    (false, false) => Source::Types(types()),
-                    _ => Source::Empty,
-                }
-            }
-            Metric::UniqueUsers => {
-                if f.page_url.is_some()
-                    || f.product_id.is_some()
-                    || matches!(self.group_by, Dimension::PageUrl | Dimension::ProductId)
-                {
-                    Source::Raw
-                } else {
-                    Source::UserSets(types())
-                }
-            }
+        // The types that can count: what the metric and the dimension imply,
+        // then the filter. An empty intersection is provably zero: no I/O.
+        let mut types: Option<Vec<String>> = None;
+        let implied = [self.metric.implied_type(), dimension.implied_type()];
+        for name in implied.into_iter().flatten() {
+            types = Some(intersect(types, &[name.to_owned()]));
+        }
+        if !f.event_types.is_empty() {
+            types = Some(intersect(types, &f.event_types));
+        }
+        let types = match types {
+            None => TypeSelection::All,
+            Some(names) if names.is_empty() => return Source::Empty,
+            Some(names) => TypeSelection::Only(names),
+        };
+        Source::Rollup(RollupRead {
+            measure: self.metric.measure(),
+            dimension,
+            value,
+            types,
+            group: self.group_by,
+        })
+    }
+}
+
+/// `names` kept in `current` (all of `names` when `current` is `None`).
+fn intersect(current: Option<Vec<String>>, names: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = match current {
+        None => names.to_vec(),
+        Some(current) => current.into_iter().filter(|n| names.contains(n)).collect(),
+    };
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl Metric {
+    /// The one event type this metric counts, if it counts only one.
+    fn implied_type(self) -> Option<&'static str> {
+        match self {
+            Metric::Pageviews => Some("pageview"),
+            Metric::Purchases | Metric::Revenue | Metric::Quantity => Some("purchase"),
+            Metric::Events | Metric::UniqueUsers => None,
+        }
+    }
+
+    /// What is summed (or unioned) over the rollup rows.
+    fn measure(self) -> Measure {
+        match self {
+            Metric::Events | Metric::Pageviews | Metric::Purchases => Measure::Events,
+            Metric::Quantity => Measure::Quantity,
+            Metric::Revenue => Measure::Revenue,
+            Metric::UniqueUsers => Measure::Users,
+        }
+    }
+}
+
+impl Dimension {
+    /// The only event type whose events carry this dimension.
+    fn implied_type(self) -> Option<&'static str> {
+        match self {
+            Dimension::PageUrl => Some("pageview"),
+            Dimension::ProductId => Some("purchase"),
+            Dimension::None | Dimension::EventType => None,
+        }
+    }
+
+    /// The code of this dimension in rollup rows, deltas and the
+    /// `dimension_values` dictionary (their `dimension` columns): 0 for the
+    /// rows that count every event. `None` for event types, which every
+    /// row carries in a column of its own.
+    pub fn rollup_code(self) -> Option<i16> {
+        match self {
+            Dimension::None => Some(0),
+            Dimension::PageUrl => Some(1),
+            Dimension::ProductId => Some(2),
+            Dimension::EventType => None,
         }
     }
 }
 
 /// Which event types a rollup read keeps.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TypeSelection {
     All,
     Only(Vec<String>),
 }
 
 /// The data an answer is computed from. Documented in ARCHITECTURE.md
-/// ("Which request takes which path").
+/// ("The path of a GetMetrics call").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// No event can match the filter: zeros.
+    /// No event can match the filter: zeros, no I/O.
     Empty,
-    /// Per-type event counts.
-    Types(TypeSelection),
-    /// Per-page pageview counts.
-    Pages,
-    /// Per-product purchases, quantity and revenue.
-    Products,
-    /// Per-type user bitmaps.
-    UserSets(TypeSelection),
-    /// Raw events through their indexes (user filter, unique users by page or product).
+    /// Rollup rows, pending deltas and sub-minute raw edges.
+    Rollup(RollupRead),
+    /// Raw events through the `(user_id, timestamp)` index (a user filter).
     Raw,
+}
+
+/// What a rollup read sums, or unions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Measure {
+    Events,
+    Quantity,
+    Revenue,
+    /// Distinct users: user sets are unioned, never summed.
+    Users,
+}
+
+/// Which rollup rows answer a request, and how they combine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupRead {
+    pub measure: Measure,
+    /// `Dimension::None` (every event), `PageUrl` or `ProductId`.
+    pub dimension: Dimension,
+    /// Only this value of `dimension` (a page or product filter).
+    pub value: Option<String>,
+    /// Which event types count.
+    pub types: TypeSelection,
+    /// What the series are grouped by: nothing, the event type, or
+    /// `dimension` itself.
+    pub group: Dimension,
 }
 
 /// A contiguous run of rollup buckets of one resolution: `[from, to)`.
@@ -674,9 +725,31 @@ mod tests {
             event_types: types.iter().map(|s| s.to_string()).collect(),
             ..Filter::default()
         };
+        let page = Filter {
+            page_url: Some("/".into()),
+            ..Filter::default()
+        };
+        let read = |measure, dimension, value: Option<&str>, types: Option<&[&str]>, group| {
+            Source::Rollup(RollupRead {
+                measure,
+                dimension,
+                value: value.map(str::to_owned),
+                types: match types {
+                    None => TypeSelection::All,
+                    Some(t) => TypeSelection::Only(t.iter().map(|s| s.to_string()).collect()),
+                },
+                group,
+            })
+        };
         assert_eq!(
-            q(Metric::Events, Filter::default(), Dimension::None).source(),
-            Source::Types(TypeSelection::All)
+            q(Metric::Events, Filter::default(), Dimension::EventType).source(),
+            read(
+                Measure::Events,
+                Dimension::None,
+                None,
+                None,
+                Dimension::EventType
+            )
         );
         assert_eq!(
             q(Metric::Revenue, only(&["click"]), Dimension::None).source(),
@@ -684,23 +757,57 @@ mod tests {
         );
         assert_eq!(
             q(Metric::Revenue, Filter::default(), Dimension::ProductId).source(),
-            Source::Products
+            read(
+                Measure::Revenue,
+                Dimension::ProductId,
+                None,
+                Some(&["purchase"]),
+                Dimension::ProductId
+            )
+        );
+        assert_eq!(
+            q(Metric::Pageviews, Filter::default(), Dimension::None).source(),
+            read(
+                Measure::Events,
+                Dimension::None,
+                None,
+                Some(&["pageview"]),
+                Dimension::None
+            )
         );
         assert_eq!(
             q(Metric::Events, Filter::default(), Dimension::PageUrl).source(),
-            Source::Pages
+            read(
+                Measure::Events,
+                Dimension::PageUrl,
+                None,
+                Some(&["pageview"]),
+                Dimension::PageUrl
+            )
         );
+        // Unique users of a page: its stored sets.
         assert_eq!(
-            q(
-                Metric::UniqueUsers,
-                Filter {
-                    page_url: Some("/".into()),
-                    ..Filter::default()
-                },
+            q(Metric::UniqueUsers, page.clone(), Dimension::None).source(),
+            read(
+                Measure::Users,
+                Dimension::PageUrl,
+                Some("/"),
+                Some(&["pageview"]),
                 Dimension::None
             )
-            .source(),
-            Source::Raw
+        );
+        // Provably zero: clicks never carry a page.
+        let clicks_on_page = Filter {
+            event_types: vec!["click".into()],
+            ..page.clone()
+        };
+        assert_eq!(
+            q(Metric::UniqueUsers, clicks_on_page, Dimension::None).source(),
+            Source::Empty
+        );
+        assert_eq!(
+            q(Metric::Pageviews, Filter::default(), Dimension::ProductId).source(),
+            Source::Empty
         );
         assert_eq!(
             q(

@@ -3,19 +3,24 @@
 //! Requests are converted into domain values here (`rule.<field>` names the
 //! wrong field in INVALID_ARGUMENT); the evaluator picks rule changes up on
 //! its next tick. `WatchAlerts` is a stream fed by this instance's
-//! [`Hub`]: replay after `after_id`, then live, no gap or duplicate.
+//! [`Hub`]: replay after `after_id`, then live, no gap or duplicate. A
+//! stream opened with an API key ends with `UNAUTHENTICATED` once that key
+//! is revoked ([`UntilRevoked`]).
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use super::auth::UntilRevoked;
 use super::convert::to_timestamp;
 use super::proto::alert_service_server::AlertService;
 use super::proto::{self, *};
 use crate::alerts::hub::Hub;
+use crate::auth::{Caller, KeySet};
 use crate::db::{PgPool, alerts as store, connection};
 use crate::domain::alert::{self as domain, Comparison, Notification, NotificationState, RawRule};
 use crate::domain::metric::{Filter, Metric};
@@ -31,14 +36,17 @@ pub struct AlertApi {
     hub: Hub,
     /// Longest `filter.page_url` accepted (the ingest limit).
     max_string_bytes: usize,
+    /// The API keys, watched so that a revoked key's streams end.
+    keys: Arc<KeySet>,
 }
 
 impl AlertApi {
-    pub fn new(pool: PgPool, hub: Hub, max_string_bytes: usize) -> Self {
+    pub fn new(pool: PgPool, hub: Hub, max_string_bytes: usize, keys: Arc<KeySet>) -> Self {
         Self {
             pool,
             hub,
             max_string_bytes,
+            keys,
         }
     }
 }
@@ -244,6 +252,7 @@ impl AlertService for AlertApi {
         &self,
         request: Request<WatchAlertsRequest>,
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
+        let caller = request.extensions().get::<Caller>().copied();
         let request = request.into_inner();
         let after_id = i64::try_from(request.after_id).map_err(|_| {
             Error::InvalidArgument(format!(
@@ -272,7 +281,14 @@ impl AlertService for AlertApi {
             item.map(|n| AlertNotification::from(n.as_ref()))
                 .map_err(Status::from)
         });
-        Ok(Response::new(Box::pin(items)))
+        Ok(Response::new(match caller {
+            Some(caller) => Box::pin(UntilRevoked::new(
+                items,
+                caller.key_id,
+                self.keys.revoked(caller.key_id),
+            )),
+            None => Box::pin(items),
+        }))
     }
 }
 

@@ -9,16 +9,27 @@
 //! (`UNAUTHENTICATED` or `PERMISSION_DENIED`) without touching the service;
 //! an accepted one carries its [`Caller`] in the request extensions.
 //! `QueryService` calls with a key also take one query from the key's
-//! rate budget here ([`KeyLimits::take_query`]); ingest limits are metered
+//! rate budget here ([`KeyLimits::take_query`]) and one of its concurrent
+//! query slots ([`KeyLimits::start_query`]) until the answer is ready;
+//! ingest limits are metered
 //! in the ingest handler, which knows how many events a message holds.
+//!
+//! A key checked here may be revoked while its call still runs: server
+//! streams are wrapped in [`UntilRevoked`], which ends them with
+//! `UNAUTHENTICATED` when the key set drops the key.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures::Stream;
 use futures::future::{Either, Ready, ready};
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
+use uuid::Uuid;
 
-use crate::auth::{Caller, KeySet};
+use crate::auth::{Caller, KeySet, revoked_status};
 use crate::domain::key::Scope;
 use crate::limits::KeyLimits;
 
@@ -68,14 +79,20 @@ pub struct Auth<S> {
     limits: Arc<KeyLimits>,
 }
 
+/// A call let through: the inner future, holding the caller's query slot
+/// (if any) until it completes.
+type Admitted<F> = Either<F, Pin<Box<dyn Future<Output = <F as Future>::Output> + Send>>>;
+
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Auth<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    ResBody: Default,
+    S::Future: Send + 'static,
+    ResBody: Default + Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Either<S::Future, Ready<Result<S::Response, S::Error>>>;
+    type Future = Either<Admitted<S::Future>, Ready<Result<S::Response, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -83,32 +100,108 @@ where
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let Some(required) = required_scope(request.uri().path()) else {
-            return Either::Left(self.inner.call(request));
+            return Either::Left(Either::Left(self.inner.call(request)));
         };
         let header = request
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
+        let refuse = |status: tonic::Status| Either::Right(ready(Ok(status.into_http())));
         match self.keys.authorize(header, required) {
+            Ok(Some(caller)) if required == Scope::Query => {
+                // Queries: one from the key's rate, and a slot among its
+                // concurrent queries, held until the answer is ready. The
+                // handler's future does nothing until polled, so it only
+                // starts once the slot is taken.
+                if let Err(exceeded) = self.limits.take_query(caller.key_id) {
+                    return refuse(exceeded.into_status());
+                }
+                request.extensions_mut().insert::<Caller>(caller);
+                let call = self.inner.call(request);
+                let limits = self.limits.clone();
+                Either::Left(Either::Right(Box::pin(async move {
+                    match limits.start_query(caller.key_id).await {
+                        Ok(_slot) => call.await,
+                        Err(exceeded) => Ok(exceeded.into_status().into_http()),
+                    }
+                })))
+            }
             Ok(caller) => {
                 if let Some(caller) = caller {
-                    if required == Scope::Query
-                        && let Err(exceeded) = self.limits.take_query(caller.key_id)
-                    {
-                        return Either::Right(ready(Ok(exceeded.into_status().into_http())));
-                    }
                     request.extensions_mut().insert::<Caller>(caller);
                 }
-                Either::Left(self.inner.call(request))
+                Either::Left(Either::Left(self.inner.call(request)))
             }
-            Err(error) => Either::Right(ready(Ok(tonic::Status::from(error).into_http()))),
+            Err(error) => refuse(tonic::Status::from(error)),
         }
+    }
+}
+
+pin_project! {
+    /// A server stream that ends with `UNAUTHENTICATED` once the key it was
+    /// opened with is revoked ([`KeySet::revoked`]); otherwise the inner
+    /// stream, item for item.
+    pub struct UntilRevoked<S> {
+        #[pin]
+        inner: S,
+        revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
+        key_id: Uuid,
+        ended: bool,
+    }
+}
+
+impl<S> UntilRevoked<S> {
+    pub fn new(inner: S, key_id: Uuid, revoked: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self {
+            inner,
+            revoked: Box::pin(revoked),
+            key_id,
+            ended: false,
+        }
+    }
+}
+
+impl<S, T> Stream for UntilRevoked<S>
+where
+    S: Stream<Item = Result<T, tonic::Status>>,
+{
+    type Item = Result<T, tonic::Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        if this.revoked.as_mut().poll(cx).is_ready() {
+            *this.ended = true;
+            return Poll::Ready(Some(Err(revoked_status(*this.key_id))));
+        }
+        this.inner.poll_next(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_stream_ends_with_unauthenticated_at_revocation() {
+        use futures::StreamExt;
+        let (revoke, revoked) = tokio::sync::oneshot::channel::<()>();
+        let key = Uuid::now_v7();
+        let items = futures::stream::iter([Ok::<_, tonic::Status>(1), Ok(2)])
+            .chain(futures::stream::pending());
+        let mut stream = UntilRevoked::new(items, key, async move {
+            let _ = revoked.await;
+        });
+        assert_eq!(stream.next().await.unwrap().unwrap(), 1);
+        assert_eq!(stream.next().await.unwrap().unwrap(), 2);
+        revoke.send(()).unwrap();
+        let status = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(status.message().contains(&key.to_string()));
+        assert!(stream.next().await.is_none());
+    }
 
     #[test]
     fn paths_map_to_scopes() {

@@ -6,20 +6,26 @@
 //! writing while keeping memory bounded; small messages queued behind a
 //! write are coalesced into one batch. The response is sent only after the
 //! writer has committed every accepted event.
+//!
+//! A stream whose API key is revoked ends with `UNAUTHENTICATED` as soon as
+//! the key set's reload shows it: the handler stops reading and the writer
+//! writes no further batch (one already being written may commit; nothing
+//! was acknowledged, so a resend with a valid key is safe).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use super::proto::ingest_service_server::IngestService;
 use super::proto::*;
-use crate::auth::Caller;
+use crate::auth::{Caller, KeySet, revoked_status};
 use crate::config::IngestLimits;
-use crate::db::ingest::{IdCache, upsert_users, write_events};
+use crate::db::ingest::{IdCache, register_types, upsert_users, write_events};
 use crate::db::replica::WriteLsn;
 use crate::db::{PgPool, connection};
 use crate::domain::event::{Clock, EventLimits, RawEvent, Rejection, ValidEvent, validate};
@@ -47,6 +53,8 @@ pub struct IngestState {
     pub retention: Option<chrono::TimeDelta>,
     /// Per-key events/s and concurrent stream limits.
     pub key_limits: Arc<KeyLimits>,
+    /// The API keys, watched so that a revoked key's streams end.
+    pub keys: Arc<KeySet>,
 }
 
 /// Receives events and users.
@@ -84,13 +92,18 @@ impl Drop for InFlight {
     }
 }
 
-/// Commits batches in order until the channel closes or a write fails.
+/// Commits batches in order until the channel closes, a write fails or
+/// the stream is `cut` (its key was revoked).
 async fn write_loop(
     state: Arc<IngestState>,
     mut batches: mpsc::Receiver<Vec<ValidEvent>>,
+    cut: CancellationToken,
 ) -> Result<Totals, Error> {
     let mut totals = Totals::default();
     while let Some(mut batch) = batches.recv().await {
+        if cut.is_cancelled() {
+            return Err(Error::Unauthenticated("the stream was cut".into()));
+        }
         while batch.len() < MAX_BATCH_EVENTS {
             match batches.try_recv() {
                 Ok(more) => batch.extend(more),
@@ -148,6 +161,40 @@ fn within_retention(
     }
 }
 
+/// Registers event types this process has not seen (see
+/// [`register_types`]); returns those refused because the registry is full.
+async fn register_new_types(
+    state: &IngestState,
+    names: &[&str],
+) -> Result<std::collections::HashSet<String>, Error> {
+    let mut conn = connection(&state.pool).await?;
+    register_types(&mut conn, &state.cache, names, state.limits.max_event_types).await
+}
+
+/// Why an event of a type the full registry refused is rejected.
+fn type_limit_rejection(event_type: &str, max_event_types: usize) -> Rejection {
+    Rejection::new(
+        "event_type_limit",
+        format!(
+            "event_type `{event_type}` is new and the registry already holds its limit of \
+             {max_event_types} distinct types (PULSE_MAX_EVENT_TYPES); send a known type or \
+             raise the limit"
+        ),
+    )
+}
+
+/// `text` cut to at most `max` bytes on a character boundary.
+fn truncated(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 fn stream_error(status: Status, max_message_bytes: usize) -> Status {
     // tonic reports an oversized message as OUT_OF_RANGE; the contract says
     // RESOURCE_EXHAUSTED, with the limit and what to do.
@@ -183,7 +230,19 @@ impl IngestService for IngestApi {
         };
         let mut stream = request.into_inner();
         let (batches, receiver) = mpsc::channel::<Vec<ValidEvent>>(2);
-        let writer = tokio::spawn(write_loop(state.clone(), receiver));
+        let cut = CancellationToken::new();
+        let writer = tokio::spawn(write_loop(state.clone(), receiver, cut.clone()));
+        // Resolves when the caller's key is revoked; never without a key.
+        let key_id = caller.map(|c| c.key_id);
+        let revocation = key_id.map(|id| state.keys.revoked(id));
+        let mut revoked = std::pin::pin!(async move {
+            match revocation {
+                Some(revoked) => revoked.await,
+                None => std::future::pending().await,
+            }
+        });
+        let revoked_failure =
+            || key_id.map_or_else(|| Status::unauthenticated("revoked"), revoked_status);
 
         let mut index: u64 = 0;
         let mut rejected: u64 = 0;
@@ -191,7 +250,16 @@ impl IngestService for IngestApi {
         let mut failure: Option<Status> = None;
 
         loop {
-            let message = match stream.message().await {
+            let next = tokio::select! {
+                biased;
+                () = &mut revoked => {
+                    cut.cancel();
+                    failure = Some(revoked_failure());
+                    break;
+                }
+                next = stream.message() => next,
+            };
+            let message = match next {
                 Ok(Some(message)) => message,
                 Ok(None) => break,
                 Err(status) => {
@@ -230,34 +298,84 @@ impl IngestService for IngestApi {
                 sent_at,
             };
             let mut valid = Vec::with_capacity(message.events.len());
+            // The stream index of each valid event, and this message's
+            // rejections, reported in index order once types are resolved.
+            let mut positions: Vec<u64> = Vec::with_capacity(message.events.len());
+            let mut message_errors: Vec<(u64, String, Rejection)> = Vec::new();
             for event in message.events {
                 let event_id = event.event_id.clone();
                 let checked = RawEvent::try_from(event)
                     .and_then(|raw| validate(raw, &clock, &event_limits))
                     .and_then(|valid| within_retention(valid, &clock, state.retention));
                 match checked {
-                    Ok(event) => valid.push(event),
-                    Err(rejection) => {
-                        rejected += 1;
-                        state
-                            .metrics
-                            .count_ingest(&format!("rejected_{}", rejection.class), 1);
-                        if errors.len() < limits.max_errors_reported {
-                            let mut event_id = event_id;
-                            event_id.truncate(64);
-                            errors.push(EventError {
-                                index,
-                                event_id,
-                                reason: rejection.reason,
-                            });
-                        }
+                    Ok(event) => {
+                        valid.push(event);
+                        positions.push(index);
                     }
+                    Err(rejection) => message_errors.push((index, event_id, rejection)),
                 }
                 index += 1;
             }
-            if !valid.is_empty() && batches.send(valid).await.is_err() {
-                // The writer stopped on an error; it is reported below.
-                break;
+            // Types this process has not seen are registered before the
+            // batch is formed; past --max-event-types their events alone
+            // are rejected.
+            let new_types: Vec<&str> = valid
+                .iter()
+                .map(|e| e.event_type.as_str())
+                .filter(|t| state.cache.type_id(t).is_none())
+                .collect();
+            if !new_types.is_empty() {
+                let refused = match register_new_types(&state, &new_types).await {
+                    Ok(refused) => refused,
+                    Err(error) => {
+                        failure = Some(error.into());
+                        break;
+                    }
+                };
+                if !refused.is_empty() {
+                    let mut kept = Vec::with_capacity(valid.len());
+                    for (event, position) in valid.into_iter().zip(positions) {
+                        if refused.contains(&event.event_type) {
+                            message_errors.push((
+                                position,
+                                event.event_id.to_string(),
+                                type_limit_rejection(&event.event_type, limits.max_event_types),
+                            ));
+                        } else {
+                            kept.push(event);
+                        }
+                    }
+                    valid = kept;
+                    message_errors.sort_by_key(|(position, ..)| *position);
+                }
+            }
+            for (position, event_id, rejection) in message_errors {
+                rejected += 1;
+                state
+                    .metrics
+                    .count_ingest(&format!("rejected_{}", rejection.class), 1);
+                if errors.len() < limits.max_errors_reported {
+                    errors.push(EventError {
+                        index: position,
+                        event_id: truncated(event_id, 64),
+                        reason: rejection.reason,
+                    });
+                }
+            }
+            if !valid.is_empty() {
+                let sent = tokio::select! {
+                    biased;
+                    () = &mut revoked => {
+                        cut.cancel();
+                        failure = Some(revoked_failure());
+                        break;
+                    }
+                    sent = batches.send(valid) => sent,
+                };
+                if sent.is_err() {
+                    // The writer stopped on an error; it is reported below.
+                    break;
+                }
             }
         }
         drop(batches);
@@ -288,12 +406,21 @@ impl IngestService for IngestApi {
         &self,
         request: Request<UpsertUsersRequest>,
     ) -> Result<Response<UpsertUsersResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().copied();
         let users = request.into_inner().users;
         if users.len() > MAX_USERS_PER_REQUEST {
             return Err(Status::invalid_argument(format!(
                 "{} users in one request; the limit is {MAX_USERS_PER_REQUEST}",
                 users.len()
             )));
+        }
+        // Each user row is a write like an event: it is paid for from the
+        // key's events/s budget before any work is done.
+        if let Some(caller) = caller {
+            self.state
+                .key_limits
+                .take_events(caller.key_id, users.len() as u64)
+                .map_err(|exceeded| exceeded.into_status())?;
         }
         // The last entry for a user id wins.
         let mut by_id = std::collections::BTreeMap::new();

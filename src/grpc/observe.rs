@@ -101,9 +101,11 @@ impl CallRecord {
                 tracing::info!(method = %self.method, code = ?code, duration_ms, "rpc")
             }
             tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss => {
-                tracing::error!(method = %self.method, code = ?code, duration_ms, message, "rpc")
+                tracing::error!(method = %self.method, code = ?code, duration_ms, status_message = message, "rpc")
             }
-            _ => tracing::warn!(method = %self.method, code = ?code, duration_ms, message, "rpc"),
+            _ => {
+                tracing::warn!(method = %self.method, code = ?code, duration_ms, status_message = message, "rpc")
+            }
         }
     }
 

@@ -1,11 +1,15 @@
-//! The HTTP transport: the web dashboard (`/`), its JSON API (`/api/v1/…`)
-//! and Prometheus `/metrics`.
+//! The HTTP transport: the web dashboard (`/`), its JSON API (`/api/v1/…`),
+//! Prometheus `/metrics` and the `/healthz` and `/readyz` probes.
 //!
 //! The JSON API answers through the same code as the gRPC services (see
-//! `api.rs`); nothing here queries the database by itself.
+//! `api.rs`); nothing here queries the database by itself. Every response
+//! passes the Host check and carries the security headers (`protect.rs`);
+//! unknown paths answer a JSON 404 like every API error.
 
 pub mod api;
 pub mod dashboard;
+pub mod health;
+pub mod protect;
 
 use std::sync::Arc;
 
@@ -20,24 +24,28 @@ use axum::routing::get;
 
 use crate::auth::KeySet;
 use crate::config::DashboardSettings;
-use crate::db::PgPool;
+use crate::db::{PgPool, PoolRole};
 use crate::domain::key::Scope;
 use crate::grpc::query::QueryApi;
-use crate::limits::KeyLimits;
+use crate::limits::{KeyLimits, QuerySlot};
 use crate::telemetry::{HttpLabels, Metrics};
 
 /// What HTTP handlers share.
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
-    /// For alert reads and the pool gauges of `/metrics`.
+    /// The query pool, for alert reads.
     pub pool: PgPool,
+    /// Every pool of the primary, for the pool gauges of `/metrics`.
+    pub pools: Vec<(PoolRole, PgPool)>,
     /// GetMetrics itself, so the dashboard's numbers are GetMetrics' numbers.
     pub query: QueryApi,
     /// The API keys; `/api/v1/*` needs scope `query`.
     pub keys: Arc<KeySet>,
     /// Every `/api/v1` request with a key takes one query of its budget.
     pub key_limits: Arc<KeyLimits>,
+    /// The names requests may use besides addresses and `localhost`.
+    pub hosts: Arc<protect::AllowedHosts>,
     /// What the page shows besides data (the revenue currency).
     pub dashboard: Arc<DashboardSettings>,
 }
@@ -60,7 +68,15 @@ pub fn router(state: HttpState) -> Router {
         .route("/assets/app.css", get(dashboard::app_css))
         .route("/favicon.svg", get(dashboard::favicon))
         .route("/metrics", get(metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            protect::check_host,
+        ))
+        .layer(middleware::from_fn(protect::security_headers))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -91,20 +107,43 @@ async fn observe(State(state): State<HttpState>, request: Request, next: Next) -
 /// The dashboard API needs a key of scope `query` (or `admin`) once keys
 /// exist; the page and `/metrics` stay open. Refusals are the API's JSON
 /// errors (401 with `www-authenticate: Bearer`, 403, 429 with
-/// `retry-after` past the key's queries/s).
+/// `retry-after` past the key's queries/s or concurrent queries).
 async fn require_query_key(
     State(state): State<HttpState>,
     request: Request,
     next: Next,
 ) -> Response {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
+    match check_query_key(&state, request.headers()).await {
+        Ok(_running) => next.run(request).await,
+        Err(refusal) => *refusal,
+    }
+}
+
+/// Any path no route serves: a JSON 404, after the key check for paths
+/// under `/api/` (so probing without a key learns nothing there).
+async fn not_found(State(state): State<HttpState>, request: Request) -> Response {
+    if request.uri().path().starts_with("/api/")
+        && let Err(refusal) = check_query_key(&state, request.headers()).await
+    {
+        return *refusal;
+    }
+    api::not_found().await.into_response()
+}
+
+/// The key check of the dashboard API: the caller's running-query slot (if
+/// it came with a key) to hold while it runs, or the refusal to send.
+async fn check_query_key(
+    state: &HttpState,
+    headers: &header::HeaderMap,
+) -> Result<Option<QuerySlot>, Box<Response>> {
+    let header = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
     match state.keys.authorize(header, Scope::Query) {
-        Ok(Some(caller)) => match state.key_limits.take_query(caller.key_id) {
-            Ok(()) => next.run(request).await,
-            Err(exceeded) => {
+        Ok(Some(caller)) => {
+            let slot = match state.key_limits.take_query(caller.key_id) {
+                Ok(()) => state.key_limits.start_query(caller.key_id).await,
+                Err(exceeded) => Err(exceeded),
+            };
+            slot.map(Some).map_err(|exceeded| {
                 let retry_after = exceeded.retry_after_seconds();
                 let mut response =
                     api::ApiError::from(crate::error::Error::ResourceExhausted(exceeded.message))
@@ -112,10 +151,10 @@ async fn require_query_key(
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
-                response
-            }
-        },
-        Ok(None) => next.run(request).await,
+                Box::new(response)
+            })
+        }
+        Ok(None) => Ok(None),
         Err(error) => {
             let unauthenticated = matches!(error, crate::error::Error::Unauthenticated(_));
             let mut response = api::ApiError::from(error).into_response();
@@ -125,13 +164,15 @@ async fn require_query_key(
                     header::HeaderValue::from_static("Bearer"),
                 );
             }
-            response
+            Err(Box::new(response))
         }
     }
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    state.metrics.observe_pool(state.pool.status());
+    for (role, pool) in &state.pools {
+        state.metrics.observe_pool(role.label(), pool.status());
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -120,6 +120,9 @@ pub struct GenEvent {
     /// `data` as string fields, sorted by key.
     pub data: Vec<(&'static str, String)>,
     pub detail: GenDetail,
+    /// For a click under [`Generator::with_shape`]'s extra types: it is sent
+    /// as `click_<n>` instead.
+    pub custom_type: Option<u64>,
 }
 
 /// The detail of a generated event.
@@ -331,6 +334,10 @@ pub struct Generator {
     users: Zipf,
     pages: Zipf,
     products: Zipf,
+    /// Distinct `click_<n>` types that clicks are spread over (0: none).
+    extra_types: u64,
+    /// Bytes of `data` each event is padded to (0: as generated).
+    data_bytes: usize,
 }
 
 impl Generator {
@@ -340,7 +347,19 @@ impl Generator {
             pages: Zipf::new(config.pages, config.zipf_exponent),
             products: Zipf::new(config.products, config.zipf_exponent),
             config,
+            extra_types: 0,
+            data_bytes: 0,
         }
+    }
+
+    /// Stress shapes for memory benchmarks: clicks spread over
+    /// `extra_types` distinct types `click_<n>`, and `data` padded to about
+    /// `data_bytes` bytes. Draws happen after every other draw, so events
+    /// are otherwise the same as without.
+    pub fn with_shape(mut self, extra_types: u64, data_bytes: usize) -> Self {
+        self.extra_types = extra_types;
+        self.data_bytes = data_bytes;
+        self
     }
 
     pub fn config(&self) -> &GeneratorConfig {
@@ -419,6 +438,15 @@ impl Generator {
                 GenDetail::None
             }
         };
+        let custom_type =
+            (kind == EventKind::Click && self.extra_types > 0).then(|| rng.below(self.extra_types));
+        if self.data_bytes > 0 {
+            let used: usize = data.iter().map(|(k, v)| k.len() + v.len() + 6).sum();
+            data.push((
+                "padding",
+                "x".repeat(self.data_bytes.saturating_sub(used + 14)),
+            ));
+        }
         data.sort_unstable_by_key(|(key, _)| *key);
 
         GenEvent {
@@ -429,6 +457,7 @@ impl Generator {
             user,
             data,
             detail,
+            custom_type,
         }
     }
 }
@@ -497,7 +526,10 @@ impl GenEvent {
         };
         proto::Event {
             event_id: self.event_id.to_string(),
-            event_type: self.kind.name().to_owned(),
+            event_type: match self.custom_type {
+                Some(n) => format!("click_{n}"),
+                None => self.kind.name().to_owned(),
+            },
             timestamp: self.timestamp.map(to_timestamp),
             user_id: self.user_external_id(),
             data: Some(self.data_struct()),

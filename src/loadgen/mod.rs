@@ -116,6 +116,16 @@ pub struct LoadgenSettings {
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
+    /// Spread clicks over N distinct event types `click_0` … (a stress shape
+    /// for cardinality benchmarks; 0: plain `click`). Not with --write-csv.
+    #[arg(long = "event-types", default_value_t = 0)]
+    pub event_types: u64,
+
+    /// Pad each event's `data` to about N bytes (a stress shape for message
+    /// size benchmarks; 0: 100–200 bytes as generated).
+    #[arg(long = "data-bytes", default_value_t = 0)]
+    pub data_bytes: usize,
+
     /// Write the events as CSV files into DIR for `psql \copy` instead of
     /// sending them (users.csv, events.csv, pageviews.csv, purchases.csv).
     #[arg(long = "write-csv", value_name = "DIR")]
@@ -146,6 +156,11 @@ impl LoadgenSettings {
         if !(self.rate.is_finite() && self.rate >= 0.0) {
             return bad("--rate must be a finite number ≥ 0");
         }
+        if self.write_csv.is_some() && self.event_types > 0 {
+            return bad(
+                "--event-types is for gRPC runs only: the CSV rows use the four seeded type ids",
+            );
+        }
         Ok(())
     }
 
@@ -172,6 +187,7 @@ impl LoadgenSettings {
             uuid: self.uuid,
             time,
         })
+        .with_shape(self.event_types, self.data_bytes)
     }
 }
 

@@ -16,9 +16,15 @@
 //! DEADLINE_EXCEEDED, ABORTED, CANCELLED, INTERNAL) is resent whole, up to
 //! [`MAX_RETRIES`] times with exponential backoff; events committed before
 //! the failure come back as duplicates, which the report counts.
+//!
+//! A refusal that a resend would meet again (UNAUTHENTICATED,
+//! PERMISSION_DENIED, INVALID_ARGUMENT, …: see [`is_fatal`]) is never
+//! retried: the first one stops every worker and the run ends with an error
+//! that says what to change (a missing or wrong `--api-key`, the batch size).
+//! Connection errors name the host and port they were trying.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -66,8 +72,14 @@ struct Shared {
     /// Events are stamped when sent (no explicit timestamps).
     stamp_events: bool,
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// `host:port` of the server, for messages.
+    target: String,
     next_unit: AtomicU64,
     acknowledged: AtomicU64,
+    /// Set by the first refusal a resend would meet again; every worker
+    /// stops at its next unit.
+    stopped: AtomicBool,
+    fatal: Mutex<Option<Status>>,
 }
 
 /// One worker's tally, merged at the end.
@@ -113,6 +125,59 @@ fn normalize_addr(addr: &str) -> String {
     } else {
         format!("http://{addr}")
     }
+}
+
+/// Refusals that a resend would meet again: the run stops at the first.
+/// (RESOURCE_EXHAUSTED is a per-key rate limit: the stream fails, the run
+/// goes on.)
+fn is_fatal(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::Unimplemented
+            | Code::NotFound
+    )
+}
+
+/// An error with its causes, `outer: inner: innermost` (tonic's transport
+/// error alone says only "transport error").
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The error a run ends with after a refusal [`is_fatal`] says to stop at.
+fn fatal_error(status: &Status, target: &str, has_key: bool) -> Error {
+    let message = status.message();
+    Error::FailedPrecondition(match status.code() {
+        Code::Unauthenticated if !has_key => format!(
+            "the server at {target} needs an API key ({message}): pass --api-key KEY or set \
+             PULSE_API_KEY, with a key of scope ingest or admin (create one with \
+             `pulse keys create --scope ingest --name loadgen`)"
+        ),
+        Code::Unauthenticated => format!(
+            "the server at {target} refused the API key ({message}): check --api-key / PULSE_API_KEY"
+        ),
+        Code::PermissionDenied => format!(
+            "the API key may not ingest on {target} ({message}): use a key of scope ingest or admin"
+        ),
+        code => format!(
+            "the server at {target} refused the events with {code:?}: {message} \
+             (not retried: a resend would be refused the same way)"
+        ),
+    })
 }
 
 fn is_transient(code: Code) -> bool {
@@ -189,7 +254,11 @@ impl Shared {
             }
             match client.ingest_events(request).await {
                 Ok(response) => return (Ok(response.into_inner()), retries),
-                Err(status) if retries < MAX_RETRIES && is_transient(status.code()) => {
+                Err(status)
+                    if retries < MAX_RETRIES
+                        && is_transient(status.code())
+                        && !self.stopped.load(Ordering::Relaxed) =>
+                {
                     retries += 1;
                     tokio::time::sleep(FIRST_BACKOFF * 2u32.pow(retries - 1)).await;
                 }
@@ -205,6 +274,9 @@ async fn worker(shared: Arc<Shared>, channel: Channel, t0: Instant) -> Tally {
     let deadline = plan.duration.map(|d| t0 + d);
     let mut tally = Tally::default();
     loop {
+        if shared.stopped.load(Ordering::Relaxed) {
+            break;
+        }
         let unit = shared.next_unit.fetch_add(1, Ordering::Relaxed);
         if unit >= plan.units {
             break;
@@ -253,11 +325,21 @@ async fn worker(shared: Arc<Shared>, channel: Channel, t0: Instant) -> Tally {
             Err(status) => {
                 tally.failed += events;
                 if tally.failures.len() < SAMPLES {
+                    let resends = match retries {
+                        0 => String::new(),
+                        n => format!(" (after {n} resends)"),
+                    };
                     tally.failures.push(format!(
-                        "events {first}..{end} after {retries} resends: {:?}: {}",
+                        "events {first}..{end}: {:?} from {}: {}{resends}",
                         status.code(),
+                        shared.target,
                         status.message()
                     ));
+                }
+                if is_fatal(status.code()) {
+                    shared.stopped.store(true, Ordering::Relaxed);
+                    let mut fatal = shared.fatal.lock().unwrap_or_else(|e| e.into_inner());
+                    fatal.get_or_insert(status);
                 }
             }
         }
@@ -281,6 +363,10 @@ pub async fn run(settings: &LoadgenSettings, generator: Generator) -> Result<()>
         .map_err(|e| Error::InvalidArgument(format!("--grpc-addr `{addr}`: {e}")))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5));
+    let target = endpoint
+        .uri()
+        .authority()
+        .map_or_else(|| addr.clone(), ToString::to_string);
     let authorization = match &settings.api_key {
         None => None,
         Some(key) => Some(
@@ -291,12 +377,13 @@ pub async fn run(settings: &LoadgenSettings, generator: Generator) -> Result<()>
     };
     let mut channels = Vec::with_capacity(settings.concurrency);
     for _ in 0..settings.concurrency {
-        channels.push(
-            endpoint
-                .connect()
-                .await
-                .map_err(|e| Error::Unavailable(format!("cannot connect to {addr}: {e}")))?,
-        );
+        channels.push(endpoint.connect().await.map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot connect to Pulse at {target} ({}): is `pulse serve` running \
+                         there? (--grpc-addr / PULSE_LOADGEN_GRPC_ADDR, now {addr})",
+                chain(&e)
+            ))
+        })?);
     }
 
     let per_stream = settings
@@ -315,8 +402,11 @@ pub async fn run(settings: &LoadgenSettings, generator: Generator) -> Result<()>
         generator,
         plan,
         authorization,
+        target,
         next_unit: AtomicU64::new(0),
         acknowledged: AtomicU64::new(0),
+        stopped: AtomicBool::new(false),
+        fatal: Mutex::new(None),
     });
     let pace = match plan.rate {
         Some(rate) => format!("at {rate:.0} events/s"),
@@ -361,6 +451,17 @@ pub async fn run(settings: &LoadgenSettings, generator: Generator) -> Result<()>
     }
     let wall = t0.elapsed().as_secs_f64();
     progress.abort();
+    let fatal = shared
+        .fatal
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .map(|status| fatal_error(&status, &shared.target, settings.api_key.is_some()));
+    let fatal = match fatal {
+        // Nothing was acknowledged: a report of zeros would only hide why.
+        Some(error) if tally.acknowledged == 0 => return Err(error),
+        other => other,
+    };
 
     tally.latencies_us.sort_unstable();
     let lat = &tally.latencies_us;
@@ -406,10 +507,13 @@ pub async fn run(settings: &LoadgenSettings, generator: Generator) -> Result<()>
          sent={} accepted={} duplicates={} rejected={} failed={} wall_s={wall:.3}",
         tally.sent, tally.accepted, tally.duplicates, tally.rejected, tally.failed
     );
+    if let Some(error) = fatal {
+        return Err(error);
+    }
     if tally.failed > 0 {
         return Err(Error::Unavailable(format!(
-            "{} events were not acknowledged after {MAX_RETRIES} resends",
-            tally.failed
+            "{} of {} events sent were not acknowledged by {} (failures above)",
+            tally.failed, tally.sent, shared.target
         )));
     }
     Ok(())

@@ -633,13 +633,14 @@ async fn crud_validates_each_field_and_answers_not_found() {
         ),
         invalid(
             |r| {
-                r.metric = Metric::UniqueUsers as i32;
+                r.metric = Metric::Purchases as i32;
                 r.filter = Some(Filter {
+                    event_types: vec!["click".into()],
                     product_id: "sku-1".into(),
                     ..Filter::default()
                 })
             },
-            "rule.filter.product_id",
+            "rule.filter",
         ),
         invalid(|r| r.id = Uuid::now_v7().to_string(), "rule.id"),
     ];

@@ -4,7 +4,7 @@
 //!
 //! The tests that drive an outside program (node + Chromium, Prometheus,
 //! python3 + grpcio, grpcurl) fail with the install command when it is
-//! missing: `.ci/install-tools` installs them all.
+//! missing: `scripts/setup` installs them all.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -38,10 +38,7 @@ fn require(what: &str, probe: &mut Command) {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{what} is missing: run .ci/install-tools (it installs Chromium, node packages, Prometheus, grpcio and grpcurl)"
-    );
+    assert!(ok, "{what} is missing: {}", crate::helpers::INSTALL_HINT);
 }
 
 /// A mix of events a few minutes ago: 3 users; pageviews on three pages,
@@ -595,10 +592,12 @@ async fn metrics_export_the_database_pool_and_http_requests() {
     let (status, text) = app.http_get("/metrics").await;
     assert_eq!(status, 200);
     for series in [
-        "pulse_database_pool_max_connections 16",
-        "pulse_database_pool_connections ",
-        "pulse_database_pool_idle_connections ",
-        "pulse_database_pool_waiting_tasks 0",
+        "pulse_database_pool_max_connections{pool=\"ingest\"} 16",
+        "pulse_database_pool_max_connections{pool=\"query\"} 8",
+        "pulse_database_pool_max_connections{pool=\"background\"} 6",
+        "pulse_database_pool_connections{pool=\"query\"} ",
+        "pulse_database_pool_idle_connections{pool=\"query\"} ",
+        "pulse_database_pool_waiting_tasks{pool=\"ingest\"} 0",
         "pulse_grpc_requests_total{",
         "pulse_ingest_events_total{",
         "pulse_http_requests_total{route=\"/api/v1/alerts/rules\",status=\"200\"} 1",
@@ -619,7 +618,8 @@ async fn the_dashboard_in_headless_chromium_matches_get_metrics_and_updates_live
     require("grpcurl", Command::new(grpcurl()).arg("-version"));
     assert!(
         dir.join("node_modules/playwright-core").is_dir(),
-        "tests/browser/node_modules is missing: run .ci/install-tools (npm ci there)"
+        "tests/browser/node_modules is missing: {}",
+        crate::helpers::INSTALL_HINT
     );
     // Revenue in euros, from the setting; events in the previous hour so
     // the KPIs compare (revenue has none there: "—"); a purchase big
@@ -731,7 +731,7 @@ async fn a_real_prometheus_scrapes_metrics() {
                 assert!(up.contains("\"1\"]"), "the target is up: {up}");
                 let (_, pool) = http_get(
                     prometheus,
-                    "/api/v1/query?query=pulse_database_pool_max_connections",
+                    "/api/v1/query?query=pulse_database_pool_max_connections{pool=%22ingest%22}",
                 )
                 .await;
                 assert!(pool.contains("\"16\"]"), "{pool}");
@@ -750,14 +750,11 @@ async fn a_real_prometheus_scrapes_metrics() {
 
 #[tokio::test]
 async fn the_python_example_streams_events_and_watches_alerts() {
-    require(
-        "python3 with grpcio and grpcio-tools",
-        Command::new("python3").args(["-c", "import grpc, grpc_tools"]),
-    );
+    let python = crate::helpers::python();
     let app = TestApp::spawn().await;
     let grpc = app.grpc_addr.to_string();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
+        Command::new(python)
             .arg(repo().join("examples/python/client.py"))
             .args(["--target", &grpc, "--events", "25", "--timeout", "20"])
             .output()

@@ -240,6 +240,23 @@ async fn sigkill_mid_stream_then_a_resend_stores_every_event_exactly_once() {
         ),
         "{status:?}"
     );
+    // A statement the killed server had sent still runs, and commits, until
+    // its backend notices the client is gone: count once they all have.
+    let mut watcher = db.connect().await;
+    wait_until(
+        "the killed server's sessions to end",
+        Duration::from_secs(30),
+        async || {
+            scalar(
+                &mut watcher,
+                "SELECT count(*) AS n FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name LIKE 'pulse%'",
+            )
+            .await
+                == 0
+        },
+    )
+    .await;
     let committed = count(&db, "events").await;
     assert!(committed > 0 && committed < total(&messages), "{committed}");
 
@@ -489,27 +506,22 @@ async fn an_exhausted_pool_fails_new_calls_with_unavailable_within_the_timeout()
     })
     .await;
 
-    let now = Utc::now();
-    let request = GetMetricsRequest {
-        metric: Metric::Events as i32,
-        start: Some(to_timestamp(now - TimeDelta::hours(1))),
-        end: Some(to_timestamp(now)),
-        granularity: Granularity::Total as i32,
-        filter: None,
-        group_by: Dimension::Unspecified as i32,
-        limit: 0,
-    };
+    // A third ingest call finds the ingest pool exhausted.
     let started = Instant::now();
-    let status = QueryServiceClient::new(app.channel.clone())
-        .get_metrics(request.clone())
+    let status = resend(app.channel.clone(), batches(1, 10))
         .await
-        .expect_err("no connection is free");
+        .expect_err("no ingest connection is free");
     let waited = started.elapsed();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(
         waited >= Duration::from_millis(450) && waited < Duration::from_secs(3),
         "failed after {waited:?}"
     );
+    // Queries have their own pool: they are not starved by ingest.
+    AlertServiceClient::new(app.channel.clone())
+        .list_alert_rules(ListAlertRulesRequest::default())
+        .await
+        .expect("the query pool is not the ingest pool");
     // Health probes on a connection of their own: the database is not down.
     let health = app
         .health()
@@ -532,10 +544,24 @@ async fn an_exhausted_pool_fails_new_calls_with_unavailable_within_the_timeout()
             .expect("the blocked ingest completes");
         assert_eq!(response.accepted as i64, total(m));
     }
+    let now = Utc::now();
+    let request = GetMetricsRequest {
+        metric: Metric::Events as i32,
+        start: Some(to_timestamp(now - TimeDelta::hours(1))),
+        end: Some(to_timestamp(now)),
+        granularity: Granularity::Total as i32,
+        filter: None,
+        group_by: Dimension::Unspecified as i32,
+        limit: 0,
+    };
     QueryServiceClient::new(app.channel.clone())
         .get_metrics(request)
         .await
-        .expect("GetMetrics works again once connections are free");
-    assert_rows_exact(&app.db, &messages.concat()).await;
-    eprintln!("pool: GetMetrics failed with UNAVAILABLE after {waited:?} (pool timeout 500 ms)");
+        .expect("GetMetrics works once the lock is gone");
+    let after = batches(1, 10);
+    resend(app.channel.clone(), after.clone())
+        .await
+        .expect("ingest works again once connections are free");
+    assert_rows_exact(&app.db, &[messages.concat(), after].concat()).await;
+    eprintln!("pool: IngestEvents failed with UNAVAILABLE after {waited:?} (pool timeout 500 ms)");
 }

@@ -151,7 +151,7 @@ pub async fn run_grpcurl(args: &[&str]) -> String {
         .args(args)
         .output()
         .await
-        .expect("grpcurl runs (install it with .ci/run, or set GRPCURL)");
+        .expect("grpcurl runs");
     assert!(
         output.status.success(),
         "grpcurl {args:?} failed: {}",
@@ -162,6 +162,10 @@ pub async fn run_grpcurl(args: &[&str]) -> String {
 
 /// The schema as `pg_dump` prints it, minus the lines that name the dump.
 async fn schema_dump(url: &str) -> String {
+    crate::helpers::require(
+        "pg_dump",
+        std::process::Command::new("pg_dump").arg("--version"),
+    );
     let output = tokio::process::Command::new("pg_dump")
         .args([
             "--schema-only",

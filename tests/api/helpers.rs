@@ -322,7 +322,43 @@ pub async fn http_get_with(
     (status, body)
 }
 
-/// Path of the real grpcurl binary (`GRPCURL` or on PATH). `.ci/run` installs it.
+/// What a test says when a program it runs is missing: `scripts/setup`
+/// installs every one (`scripts/test` runs it first).
+pub const INSTALL_HINT: &str = "run scripts/setup (scripts/test runs it first): it installs \
+     grpcurl, Chromium, tests/browser's node packages, Prometheus and the Python venv";
+
+/// Path of the real grpcurl binary (`GRPCURL` or on PATH). `scripts/setup` installs it.
 pub fn grpcurl() -> String {
-    std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".to_owned())
+    let grpcurl = std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".to_owned());
+    require(
+        "grpcurl",
+        std::process::Command::new(&grpcurl).arg("-version"),
+    );
+    grpcurl
+}
+
+/// The Python interpreter of the tests' virtual environment (grpcio,
+/// grpcio-tools): `PULSE_PYTHON`, else `.venv/bin/python3` in the
+/// repository, which `scripts/setup` creates. Never the system interpreter.
+pub fn python() -> std::path::PathBuf {
+    let python = std::env::var_os("PULSE_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3"),
+        std::path::PathBuf::from,
+    );
+    require(
+        &format!("{} with grpcio and grpcio-tools", python.display()),
+        std::process::Command::new(&python).args(["-c", "import grpc, grpc_tools"]),
+    );
+    python
+}
+
+/// Fails the test, saying how to install `what`, unless `probe` runs and
+/// succeeds. A missing tool is a failure, never a skip.
+pub fn require(what: &str, probe: &mut std::process::Command) {
+    let ok = probe
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "{what} is missing: {INSTALL_HINT}");
 }

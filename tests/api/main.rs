@@ -3,14 +3,21 @@
 
 mod abuse;
 mod alerts;
+mod cli;
+mod connections;
 mod dashboard;
+mod docs;
 mod faults;
 mod foundation;
+mod health;
+mod hardening;
 mod helpers;
 mod hostile;
 mod ingest;
+mod isolation;
 mod maintenance;
 mod metrics;
+mod registry;
 mod replica;
 mod security;
 mod tls;

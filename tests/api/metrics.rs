@@ -223,7 +223,8 @@ async fn hand_computed_answers_before_and_after_folding() {
         assert!(
             (values[10] - 19.99).abs() < 1e-9
                 && (values[11] - 5.01).abs() < 1e-9
-                && (values[23] - 0.02).abs() < 1e-9
+                && (values[23] - 0.02).abs() < 1e-9,
+            "folded={folded} {values:?}"
         );
         assert!((r.series[0].total - 25.02).abs() < 1e-9);
 
@@ -991,12 +992,18 @@ async fn dashboard_queries_read_rollups_not_raw_events() {
     // The statement GetMetrics runs for "events per minute by type over 24 h"
     // (minute-aligned) touches no raw table; EXPLAIN shows the plan.
     let mut conn = app.db.connect().await;
-    let plan = pulse::db::metrics::explain_types_query(&mut conn, at(4, 10, 0, 0), at(5, 10, 0, 0))
+    let plan = pulse::db::metrics::explain_bucket_read(&mut conn, at(4, 10, 0, 0), at(5, 10, 0, 0))
         .await
         .expect("explain");
-    assert!(plan.contains("rollup_type_counts"), "{plan}");
-    // The raw edges are empty ranges on an aligned request: any scan of
-    // events is a never-executed branch.
+    assert!(plan.contains("rollup_counts"), "{plan}");
+    assert!(!plan.contains(" on events"), "{plan}");
+    // The live part of an aligned request: pending deltas, and raw edges
+    // that are empty ranges, so any scan of events is a never-executed
+    // branch or finds nothing.
+    let plan = pulse::db::metrics::explain_live_read(&mut conn, at(4, 10, 0, 0), at(5, 10, 0, 0))
+        .await
+        .expect("explain");
+    assert!(plan.contains("rollup_count_deltas"), "{plan}");
     for line in plan
         .lines()
         .filter(|l| l.contains(" on events") || l.contains(" on pageviews"))
@@ -1148,4 +1155,104 @@ async fn a_user_filter_reads_the_user_index() {
         .expect("explain");
     assert!(plan.contains("events_user_id_timestamp"), "{plan}");
     assert!(!plan.contains("Seq Scan on events"), "{plan}");
+}
+
+/// 20,000 pages, one view each, spread over 20 hours, plus two hot pages.
+async fn seed_wide_pages(app: &TestApp, day: DateTime<Utc>) {
+    let mut events = Vec::new();
+    for i in 0..20_000u32 {
+        let t = day + TimeDelta::seconds(i64::from(i) * 3600 / 1000);
+        events.push(stamped(
+            pageview(Uuid::now_v7(), "u", &format!("/p/{i:05}")),
+            t,
+        ));
+    }
+    for (page, n) in [("/hot", 50), ("/warm", 30)] {
+        for k in 0..n {
+            events.push(stamped(
+                pageview(Uuid::now_v7(), "u", page),
+                day + TimeDelta::minutes(k),
+            ));
+        }
+    }
+    for chunk in events.chunks(5_000) {
+        ingest(app, vec![message(chunk.to_vec())])
+            .await
+            .expect("seed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_over_the_memory_budget_is_refused_and_a_wide_top_10_fits_the_default() {
+    let day = at(20, 0, 0, 0);
+    let range = (day, day + TimeDelta::hours(24));
+    let top_per_minute = || {
+        request(
+            Metric::Pageviews,
+            range.0,
+            range.1,
+            Granularity::Minute,
+            None,
+            Dimension::PageUrl,
+            10,
+        )
+    };
+
+    let small = TestApp::spawn_with(|s| {
+        s.rollup_interval = std::time::Duration::from_secs(3600);
+        s.query_memory_bytes = 128 * 1024;
+    })
+    .await;
+    seed_wide_pages(&small, day).await;
+    fold(&small).await;
+    let status = small
+        .query()
+        .get_metrics(top_per_minute())
+        .await
+        .expect_err("over the budget");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("--query-memory-bytes"),
+        "{}",
+        status.message()
+    );
+    // A narrow question on the same server still answers.
+    let hot = Filter {
+        page_url: "/hot".into(),
+        ..Filter::default()
+    };
+    let r = get(
+        &small,
+        request(
+            Metric::Pageviews,
+            range.0,
+            range.1,
+            Granularity::Total,
+            Some(hot),
+            Dimension::Unspecified,
+            0,
+        ),
+    )
+    .await;
+    assert_eq!(r.series[0].total, 50.0);
+
+    let default = TestApp::spawn_with(|s| {
+        s.rollup_interval = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    seed_wide_pages(&default, day).await;
+    fold(&default).await;
+    let r = get(&default, top_per_minute()).await;
+    let groups: Vec<(&str, f64)> = r
+        .series
+        .iter()
+        .map(|s| (s.group.as_str(), s.total))
+        .collect();
+    // The hot pages, then ties at 1 view broken by name.
+    let mut expected = vec![("/hot", 50.0), ("/warm", 30.0)];
+    let names: Vec<String> = (0..8).map(|i| format!("/p/{i:05}")).collect();
+    expected.extend(names.iter().map(|n| (n.as_str(), 1.0)));
+    assert_eq!(groups, expected);
+    assert_eq!(r.series[0].points.len(), 1440);
+    assert_eq!(r.series[0].points[0].value, 1.0);
 }

@@ -88,6 +88,19 @@ fn url_line(stdout: &str, key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn get_metrics_through_a_streaming_replica_reads_its_own_writes() {
+    // The script runs PostgreSQL's binaries as the `postgres` OS user
+    // (`runuser -u postgres` when root): anyone else cannot start a cluster.
+    let user = Command::new("id").arg("-un").output().expect("id runs");
+    let user = String::from_utf8_lossy(&user.stdout).trim().to_owned();
+    assert!(
+        user == "root" || user == "postgres",
+        "the replica test starts PostgreSQL clusters as the postgres OS user, which needs root \
+         (runuser -u postgres) or running as postgres; it runs as `{user}`: run the tests as root"
+    );
+    crate::helpers::require(
+        "PostgreSQL 15's server binaries (/usr/lib/postgresql/15/bin/initdb)",
+        Command::new("/usr/lib/postgresql/15/bin/initdb").arg("--version"),
+    );
     let clusters = Clusters {
         port: free_ports(),
         dir: std::env::temp_dir().join(format!("pulse-replica-{}", Uuid::new_v4().simple())),

@@ -403,7 +403,9 @@ async fn the_keys_commands_create_list_and_revoke() {
     )
     .await;
     assert!(ok, "{stdout}{stderr}");
-    let key = stdout.lines().last().expect("a last line").to_owned();
+    // The key alone on stdout (`KEY=$(pulse keys create …)`), the rest on stderr.
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let key = stdout.trim_end().to_owned();
     assert!(key.starts_with("pulse_") && !key.contains(' '), "{stdout}");
     // Only the hash is stored.
     let mut conn = db.connect().await;
@@ -414,7 +416,7 @@ async fn the_keys_commands_create_list_and_revoke() {
         .await
         .expect("one key row");
     assert_eq!(hash, pulse::domain::key::hash_key(&key).to_vec());
-    assert!(stdout.contains(&id.to_string()), "{stdout}");
+    assert!(stderr.contains(&id.to_string()), "{stderr}");
 
     let (ok, list, _) = pulse_bin(&db.url, &["keys", "list"]).await;
     assert!(ok);

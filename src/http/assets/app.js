@@ -60,7 +60,7 @@ class Unauthorized extends Error {}
 async function api(path) {
   const headers = { Accept: 'application/json' };
   let key = null;
-  try { key = localStorage.getItem(KEY_STORAGE); } catch (_) { /* storage may be off */ }
+  try { key = sessionStorage.getItem(KEY_STORAGE); localStorage.removeItem(KEY_STORAGE); } catch (_) { /* storage may be off */ }
   if (key) headers.Authorization = 'Bearer ' + key;
   const res = await fetch(path, { headers, cache: 'no-store' });
   if (res.status === 401 || res.status === 403) throw new Unauthorized(path);
@@ -704,7 +704,7 @@ document.getElementById('custom-range').addEventListener('submit', (ev) => {
 });
 document.getElementById('key-form').addEventListener('submit', () => {
   const key = document.getElementById('key-input').value.trim();
-  try { localStorage.setItem(KEY_STORAGE, key); } catch (_) { /* storage may be off */ }
+  try { sessionStorage.setItem(KEY_STORAGE, key); } catch (_) { /* storage may be off */ }
   tick();
 });
 let resizeTimer = null;

@@ -1,0 +1,450 @@
+//! The query service: one path from a validated [`MetricQuery`] to its
+//! answer, used alike by gRPC `GetMetrics`, the dashboard's JSON API and the
+//! alert evaluator. Transports only convert.
+//!
+//! # The path of a rollup answer
+//!
+//! 1. The live part (`db::metrics::read_live`): the snapshot's generation,
+//!    the fold log since this process last looked, pending deltas and
+//!    sub-minute raw edges. The log is applied to the [`BucketCache`].
+//! 2. The plan (`domain::metric::plan`) splits `[start, end)` into rollup
+//!    buckets, coarsest first; buckets valid in the cache are used as they
+//!    are, the rest are read in chunks (`db::metrics::read_buckets`) and
+//!    cached. A chunk read in another generation than the live part (a fold
+//!    ran in between) is discarded and the answer retried; the third try
+//!    runs both reads in one repeatable-read snapshot.
+//! 3. Merge ([`merge`]): totals per group first (for user sets, from the
+//!    coarsest plan), the top `limit` groups ranked on them, then series of
+//!    the winners only. Memory is the rows the plan covers, bounded by the
+//!    request budget (`--query-memory-bytes`, refused with
+//!    RESOURCE_EXHAUSTED beyond), plus `limit × buckets` values.
+//!
+//! Cost model (ARCHITECTURE.md): rows read = Σ over the plan's buckets of
+//! the distinct (value, type) in each, from PostgreSQL for buckets not
+//! cached, plus the pending deltas and the events of the two partial
+//! minutes; a repeated or shifted request reads only what folds touched
+//! since (the current minute, hour and day under live traffic).
+
+pub mod cache;
+mod merge;
+mod names;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use diesel_async::AsyncPgConnection;
+
+use crate::db::metrics::{self as sql, BucketRequest, Live, LiveRequest};
+use crate::domain::metric::{
+    CountSeries, Dimension, Granularity, Measure, MetricQuery, RollupRead, SeriesValues, Source,
+    TypeSelection, ceil_to, floor_to, plan,
+};
+use crate::error::{Error, Result};
+use cache::{Bucket, BucketCache, CountRows, Shape};
+pub use names::Names;
+
+/// How an answer used the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    /// Every rollup bucket came from the cache.
+    Hit,
+    /// Some buckets were read from PostgreSQL (and cached).
+    Miss,
+    /// Not cacheable: raw events, or nothing to read.
+    Bypass,
+}
+
+impl CacheUse {
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheUse::Hit => "hit",
+            CacheUse::Miss => "miss",
+            CacheUse::Bypass => "bypass",
+        }
+    }
+}
+
+/// An answer: series in `query.bucket_starts()` order.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub series: Vec<SeriesValues>,
+    /// Always false: unique users are exact bitmaps.
+    pub approximate: bool,
+    pub cache: CacheUse,
+}
+
+/// Buckets read per statement at first; later chunks are sized from the
+/// rows per bucket seen so far, to about [`CHUNK_ROWS`].
+const FIRST_CHUNK: usize = 256;
+const CHUNK_ROWS: usize = 100_000;
+
+/// Answers metric queries; one per process, shared by every caller.
+pub struct Engine {
+    cache: BucketCache,
+    names: Names,
+    /// Bytes of rollup data one request may hold.
+    budget: usize,
+}
+
+impl Engine {
+    pub fn new(cache_bytes: usize, budget: usize) -> Self {
+        Self {
+            cache: BucketCache::new(cache_bytes),
+            names: Names::default(),
+            budget,
+        }
+    }
+
+    /// Bytes the bucket cache holds (estimated).
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.bytes()
+    }
+
+    /// Answers a validated query on `conn` (primary or replica).
+    pub async fn answer(&self, conn: &mut AsyncPgConnection, q: &MetricQuery) -> Result<Answer> {
+        match q.source() {
+            Source::Empty => Ok(zeros(q)),
+            Source::Raw => Ok(Answer {
+                series: sql::raw(conn, q).await?,
+                approximate: false,
+                cache: CacheUse::Bypass,
+            }),
+            Source::Rollup(read) => self.rollup(conn, q, &read).await,
+        }
+    }
+
+    async fn rollup(
+        &self,
+        conn: &mut AsyncPgConnection,
+        q: &MetricQuery,
+        read: &RollupRead,
+    ) -> Result<Answer> {
+        let dimension = read
+            .dimension
+            .rollup_code()
+            .ok_or_else(|| Error::Internal(format!("{:?} has no rollup rows", read.dimension)))?;
+        let value = match &read.value {
+            None => None,
+            Some(v) => match self.names.value_id(conn, dimension, v).await? {
+                Some(id) => Some(id),
+                // No event ever carried this value.
+                None => return Ok(zeros(q)),
+            },
+        };
+        let named: &[String] = match &read.types {
+            TypeSelection::All => &[],
+            TypeSelection::Only(names) => names,
+        };
+        let types = self.names.types_with(conn, named, &[]).await?;
+        let allowed = sql::type_ids(&read.types, &types.by_name);
+        if allowed.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(zeros(q));
+        }
+        let sets = read.measure == Measure::Users;
+        let any_type = (sets && dimension == 0)
+            .then(|| read.types == TypeSelection::All && read.group != Dimension::EventType);
+        let shape = Shape {
+            sets,
+            dimension,
+            value,
+            any_type,
+        };
+        let ranges = Ranges::new(q);
+        let live = LiveRequest {
+            sets,
+            dimension,
+            value,
+            deltas: ranges.deltas,
+            start_edge: ranges.start_edge,
+            end_edge: ranges.end_edge,
+            may_extend: ranges.may_extend,
+            end_minute: ceil_to(q.end, 60),
+            known_generation: None,
+            pageview_type: types.by_name.get("pageview").copied().unwrap_or(-1),
+            purchase_type: types.by_name.get("purchase").copied().unwrap_or(-1),
+        };
+        let job = Job {
+            q,
+            read,
+            shape,
+            allowed: allowed.as_deref(),
+            ranges,
+        };
+        for _ in 0..2 {
+            if let Some(answer) = self.attempt(conn, &job, &live).await? {
+                return self.finish(conn, &job, answer).await;
+            }
+        }
+        // Folds kept landing between the two reads: read both in one
+        // snapshot.
+        let answer = conn
+            .build_transaction()
+            .read_only()
+            .repeatable_read()
+            .run::<_, Error, _>(async |conn| {
+                self.attempt(conn, &job, &live)
+                    .await?
+                    .ok_or_else(|| Error::Internal("generation changed inside a snapshot".into()))
+            })
+            .await?;
+        self.finish(conn, &job, answer).await
+    }
+
+    /// One read of the live part and the missing buckets; `None` when a fold
+    /// committed between the two reads.
+    async fn attempt(
+        &self,
+        conn: &mut AsyncPgConnection,
+        job: &Job<'_>,
+        live: &LiveRequest,
+    ) -> Result<Option<Merged>> {
+        let live = LiveRequest {
+            known_generation: self.cache.known_generation(),
+            ..live.clone()
+        };
+        let live: Live = sql::read_live(conn, &live).await?;
+        self.cache.apply(&live.log);
+        let generation = live.log.generation;
+        let q = job.q;
+        let end = if live.extend {
+            ceil_to(q.end, 60)
+        } else {
+            q.end
+        };
+        let series_plan = plan(q.start, end, q.max_resolution());
+        let total_plan = (job.shape.sets && q.granularity != Granularity::Total)
+            .then(|| plan(q.start, end, 86400));
+        let mut needed: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        for piece in series_plan
+            .pieces
+            .iter()
+            .chain(total_plan.iter().flat_map(|p| p.pieces.iter()))
+        {
+            let step = TimeDelta::seconds(i64::from(piece.resolution));
+            let list = needed.entry(piece.resolution).or_default();
+            let mut t = piece.from;
+            while t < piece.to {
+                list.push(t.timestamp());
+                t += step;
+            }
+        }
+        let mut have: BTreeMap<(i32, i64), Arc<Bucket>> = BTreeMap::new();
+        let mut missing: Vec<(i32, i64)> = Vec::new();
+        let mut bytes = 0usize;
+        for (resolution, list) in &mut needed {
+            list.sort_unstable();
+            list.dedup();
+            let (found, _) = self.cache.get(job.shape, *resolution, list, generation);
+            for (t, bucket) in list.iter().zip(found) {
+                match bucket {
+                    Some(b) => {
+                        bytes += b.weight();
+                        have.insert((*resolution, *t), b);
+                    }
+                    None => missing.push((*resolution, *t)),
+                }
+            }
+        }
+        let cache = if missing.is_empty() {
+            CacheUse::Hit
+        } else {
+            CacheUse::Miss
+        };
+        self.check_budget(bytes, job.q)?;
+        let mut chunk = FIRST_CHUNK;
+        let mut read_rows = 0usize;
+        let mut read_buckets = 0usize;
+        let mut rest = &missing[..];
+        while !rest.is_empty() {
+            let (now, later) = rest.split_at(chunk.min(rest.len()));
+            rest = later;
+            let request = BucketRequest {
+                sets: job.shape.sets,
+                dimension: job.shape.dimension,
+                value: job.shape.value,
+                any_type: job.shape.any_type,
+                runs: runs(now),
+            };
+            let (read_generation, rows) = sql::read_buckets(conn, &request).await?;
+            if read_generation != generation {
+                return Ok(None);
+            }
+            let mut fetched: BTreeMap<(i32, i64), Arc<Bucket>> =
+                rows.into_iter().map(|(k, b)| (k, Arc::new(b))).collect();
+            let mut by_resolution: BTreeMap<i32, Vec<(i64, Arc<Bucket>)>> = BTreeMap::new();
+            for key in now {
+                let bucket = fetched
+                    .remove(key)
+                    .unwrap_or_else(|| Arc::new(empty_bucket(job.shape.sets)));
+                read_rows += rows_of(&bucket);
+                bytes += bucket.weight();
+                by_resolution
+                    .entry(key.0)
+                    .or_default()
+                    .push((key.1, bucket.clone()));
+                have.insert(*key, bucket);
+            }
+            read_buckets += now.len();
+            self.check_budget(bytes, job.q)?;
+            for (resolution, list) in by_resolution {
+                self.cache.put(job.shape, resolution, list, generation);
+            }
+            let per_bucket = read_rows.div_ceil(read_buckets.max(1)).max(1);
+            chunk = (CHUNK_ROWS / per_bucket).clamp(16, 4096);
+        }
+        Ok(Some(Merged {
+            live,
+            have,
+            series_plan: series_plan.pieces,
+            total_plan: total_plan.map(|p| p.pieces),
+            cache,
+        }))
+    }
+
+    fn check_budget(&self, bytes: usize, q: &MetricQuery) -> Result<()> {
+        if bytes > self.budget {
+            return Err(Error::ResourceExhausted(format!(
+                "this request needs more than {} MiB of rollup data (the --query-memory-bytes limit); \
+                 ask for a shorter range, a coarser granularity than {:?}, or filter the dimension",
+                self.budget >> 20,
+                q.granularity
+            )));
+        }
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        conn: &mut AsyncPgConnection,
+        job: &Job<'_>,
+        merged: Merged,
+    ) -> Result<Answer> {
+        let cache = merged.cache;
+        let totals = if job.shape.sets {
+            merge::set_totals(job, &merged)
+        } else {
+            merge::count_totals(job, &merged)
+        };
+        let picked = merge::pick(conn, &self.names, job, totals).await?;
+        let groups: Vec<u32> = picked.iter().map(|p| p.0).collect();
+        let values = if job.shape.sets {
+            merge::set_series(job, &merged, &groups)
+        } else {
+            merge::count_series(job, &merged, &groups)
+        };
+        let series = merge::assemble(job, picked, values);
+        Ok(Answer {
+            series,
+            approximate: false,
+            cache,
+        })
+    }
+}
+
+/// The request being answered, as the merge needs it.
+struct Job<'a> {
+    q: &'a MetricQuery,
+    read: &'a RollupRead,
+    shape: Shape,
+    /// Type ids that count (`None`: all).
+    allowed: Option<&'a [i16]>,
+    ranges: Ranges,
+}
+
+/// What the reads produced.
+struct Merged {
+    live: Live,
+    have: BTreeMap<(i32, i64), Arc<Bucket>>,
+    series_plan: Vec<crate::domain::metric::Piece>,
+    total_plan: Option<Vec<crate::domain::metric::Piece>>,
+    cache: CacheUse,
+}
+
+/// The minute-aligned part of a request and its sub-minute edges.
+#[derive(Debug, Clone, Copy)]
+struct Ranges {
+    deltas: (DateTime<Utc>, DateTime<Utc>),
+    start_edge: (DateTime<Utc>, DateTime<Utc>),
+    end_edge: (DateTime<Utc>, DateTime<Utc>),
+    /// `end` is inside a minute that may be read whole (see `db::metrics`).
+    may_extend: bool,
+    /// The last whole minute's end (`floor(end)`): deltas at or after it
+    /// count only when the last minute is read whole.
+    last_minute: DateTime<Utc>,
+}
+
+impl Ranges {
+    fn new(q: &MetricQuery) -> Self {
+        let a = ceil_to(q.start, 60);
+        let b = floor_to(q.end, 60);
+        if a >= b {
+            // No whole minute: the range is raw events only.
+            return Self {
+                deltas: (a, a),
+                start_edge: (q.start, q.end),
+                end_edge: (q.end, q.end),
+                may_extend: false,
+                last_minute: a,
+            };
+        }
+        let may_extend = b < q.end;
+        Self {
+            deltas: (a, if may_extend { ceil_to(q.end, 60) } else { b }),
+            start_edge: if q.start < a { (q.start, a) } else { (a, a) },
+            end_edge: if may_extend {
+                (b, q.end)
+            } else {
+                (q.end, q.end)
+            },
+            may_extend,
+            last_minute: b,
+        }
+    }
+}
+
+fn empty_bucket(sets: bool) -> Bucket {
+    if sets {
+        Bucket::Sets(Vec::new())
+    } else {
+        Bucket::Counts(CountRows::default())
+    }
+}
+
+fn rows_of(bucket: &Bucket) -> usize {
+    match bucket {
+        Bucket::Counts(c) => c.rows.len(),
+        Bucket::Sets(s) => s.len(),
+    }
+}
+
+/// Contiguous runs of buckets of one resolution, for `read_buckets`.
+fn runs(keys: &[(i32, i64)]) -> Vec<(i32, DateTime<Utc>, DateTime<Utc>)> {
+    let mut out: Vec<(i32, i64, i64)> = Vec::new();
+    for &(res, t) in keys {
+        match out.last_mut() {
+            Some((r, _, to)) if *r == res && *to == t => *to = t + i64::from(res),
+            _ => out.push((res, t, t + i64::from(res))),
+        }
+    }
+    out.into_iter()
+        .filter_map(|(r, f, t)| {
+            Some((
+                r,
+                DateTime::from_timestamp(f, 0)?,
+                DateTime::from_timestamp(t, 0)?,
+            ))
+        })
+        .collect()
+}
+
+/// The answer when nothing can match: no series when grouped, else one
+/// series of zeros.
+fn zeros(q: &MetricQuery) -> Answer {
+    Answer {
+        series: CountSeries::new(q.bucket_starts().len())
+            .finish(q.group_by != Dimension::None, q.limit),
+        approximate: false,
+        cache: CacheUse::Bypass,
+    }
+}
