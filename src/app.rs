@@ -327,6 +327,7 @@ impl App {
             keys,
             key_limits,
             hosts,
+            dashboard: Arc::new(settings.dashboard.clone()),
         });
 
         tracing::info!(

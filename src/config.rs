@@ -298,6 +298,35 @@ pub struct TlsSettings {
     pub key: Option<PathBuf>,
 }
 
+/// What the dashboard shows (handed to the page in `/api/v1/dashboard`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Dashboard")]
+pub struct DashboardSettings {
+    /// ISO 4217 code of the currency purchase amounts are in (USD, EUR, JPY, ...); the dashboard formats revenue in it.
+    #[arg(long = "currency", env = "PULSE_CURRENCY", default_value = "USD", value_parser = parse_currency)]
+    pub currency: String,
+}
+
+impl Default for DashboardSettings {
+    fn default() -> Self {
+        Self {
+            currency: "USD".to_owned(),
+        }
+    }
+}
+
+/// An ISO 4217 currency code: three ASCII letters, returned upper-case.
+pub fn parse_currency(text: &str) -> Result<String, String> {
+    let code = text.trim();
+    if code.len() == 3 && code.bytes().all(|b| b.is_ascii_alphabetic()) {
+        Ok(code.to_ascii_uppercase())
+    } else {
+        Err(format!(
+            "`{text}` is not an ISO 4217 currency code such as USD, EUR or JPY"
+        ))
+    }
+}
+
 /// Settings of `pulse serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeSettings {
@@ -397,6 +426,9 @@ pub struct ServeSettings {
     #[command(flatten)]
     pub maintenance: MaintenanceSettings,
 
+    #[command(flatten)]
+    pub dashboard: DashboardSettings,
+
     /// PostgreSQL URL of a streaming replica for GetMetrics reads (none:
     /// every read goes to the primary). See ARCHITECTURE.md "Read replica".
     #[arg(
@@ -488,6 +520,7 @@ impl ServeSettings {
             tls: TlsSettings::default(),
             connections: ConnectionSettings::default(),
             maintenance: MaintenanceSettings::default(),
+            dashboard: DashboardSettings::default(),
             read_database_url: None,
             replica_wait: Duration::from_millis(200),
         }
@@ -535,5 +568,14 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn currencies_are_three_letters() {
+        assert_eq!(parse_currency("eur"), Ok("EUR".to_owned()));
+        assert_eq!(parse_currency("USD"), Ok("USD".to_owned()));
+        assert!(parse_currency("US").is_err());
+        assert!(parse_currency("€").is_err());
+        assert!(parse_currency("US1").is_err());
     }
 }

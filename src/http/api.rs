@@ -3,8 +3,11 @@
 //! A thin edge over the code the gRPC services run: metric requests become
 //! a proto `GetMetricsRequest`, are validated by [`metric_query`] and answered
 //! by [`QueryApi::answer`], exactly as `GetMetrics`; alert rules, their states
-//! and notifications come from `db::alerts`. Errors are [`Error`]s mapped with
-//! [`Error::http_status`] and returned as `{"error":{"code","message"}}`.
+//! and notifications come from `db::alerts`. `/dashboard` answers every panel
+//! of the page in one document through those same functions (so the page
+//! cannot disagree with `GetMetrics`), with each KPI's previous period.
+//! Errors are [`Error`]s mapped with [`Error::http_status`] and returned as
+//! `{"error":{"code","message"}}`.
 //!
 //! Every route sits under one nested router so that the API-key check of the
 //! security work can be one layer there: the page already sends
@@ -17,13 +20,14 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::HttpState;
 use crate::db::{alerts as store, connection};
 use crate::domain::alert::{AlertRule, Comparison, Notification, NotificationState, Phase};
-use crate::domain::metric::{Filter, Granularity, Metric, ceil_to};
+use crate::domain::metric::{Filter, Granularity, Metric, MetricQuery, SeriesValues, ceil_to};
 use crate::error::Error;
 use crate::grpc::convert::to_timestamp;
 use crate::grpc::proto;
@@ -261,13 +265,9 @@ pub async fn metrics(
         group_by: group_by as i32,
         limit: p.limit.unwrap_or(0),
     };
-    let query = metric_query(request, state.query.max_string_bytes())?;
-    let (series, approximate) = state.query.answer(&query).await?;
+    let (query, series, approximate) = get_metrics(&state, request).await?;
     let buckets: Vec<String> = query.bucket_starts().into_iter().map(rfc3339).collect();
-    let series: Vec<Value> = series
-        .into_iter()
-        .map(|s| json!({ "group": s.group, "total": s.total, "values": s.values }))
-        .collect();
+    let series: Vec<Value> = series.iter().map(series_json).collect();
     Ok(Json(json!({
         "metric": metric_name(query.metric),
         "start": rfc3339(query.start),
@@ -278,6 +278,22 @@ pub async fn metrics(
         "buckets": buckets,
         "series": series,
     })))
+}
+
+/// A GetMetrics request answered exactly as the gRPC service answers it:
+/// the same validation ([`metric_query`]) and the same query path
+/// ([`QueryApi::answer`](crate::grpc::query::QueryApi::answer)).
+async fn get_metrics(
+    state: &HttpState,
+    request: proto::GetMetricsRequest,
+) -> Result<(MetricQuery, Vec<SeriesValues>, bool), Error> {
+    let query = metric_query(request, state.query.max_string_bytes())?;
+    let (series, approximate) = state.query.answer(&query).await?;
+    Ok((query, series, approximate))
+}
+
+fn series_json(s: &SeriesValues) -> Value {
+    json!({ "group": s.group, "total": s.total, "values": s.values })
 }
 
 fn comparison_name(c: Comparison) -> &'static str {
@@ -302,6 +318,11 @@ fn filter_json(f: &Filter) -> Value {
 /// evaluator's state rows) and its value now (the rule's own GetMetrics
 /// query over the window ending now).
 pub async fn rules(State(state): State<HttpState>) -> ApiResult {
+    Ok(Json(json!({ "rules": rules_json(&state).await? })))
+}
+
+/// Every rule as `/alerts/rules` lists it.
+async fn rules_json(state: &HttpState) -> Result<Vec<Value>, Error> {
     let (rules, states) = {
         let mut conn = connection(&state.pool).await?;
         store::load_for_tick(&mut conn).await?
@@ -351,7 +372,7 @@ pub async fn rules(State(state): State<HttpState>) -> ApiResult {
             "value": value,
         }));
     }
-    Ok(Json(json!({ "rules": out })))
+    Ok(out)
 }
 
 /// `GET /api/v1/alerts/notifications` parameters.
@@ -387,24 +408,291 @@ pub async fn notifications(
     params: Result<Query<NotificationsParams>, QueryRejection>,
 ) -> ApiResult {
     let p = query_params(params)?;
-    let limit = p.limit.unwrap_or(DEFAULT_NOTIFICATIONS);
+    let (list, last_id) = notifications_json(&state, p.after_id, p.limit).await?;
+    Ok(Json(json!({ "notifications": list, "last_id": last_id })))
+}
+
+/// The notifications after `after_id`, or the latest `limit`, and the last id.
+async fn notifications_json(
+    state: &HttpState,
+    after_id: Option<i64>,
+    limit: Option<i64>,
+) -> Result<(Vec<Value>, i64), Error> {
+    let limit = limit.unwrap_or(DEFAULT_NOTIFICATIONS);
     if !(1..=MAX_NOTIFICATIONS).contains(&limit) {
         return Err(Error::InvalidArgument(format!(
             "limit must be between 1 and {MAX_NOTIFICATIONS}, not {limit}"
-        ))
-        .into());
+        )));
     }
-    if p.after_id.is_some_and(|a| a < 0) {
-        return Err(Error::InvalidArgument("after_id must not be negative".into()).into());
+    if after_id.is_some_and(|a| a < 0) {
+        return Err(Error::InvalidArgument(
+            "after_id must not be negative".into(),
+        ));
     }
     let mut conn = connection(&state.pool).await?;
     let last_id = store::last_notification_id(&mut conn).await?;
     // Ids only grow, so "the latest `limit`" are at most `limit` below the last.
-    let after = p.after_id.unwrap_or((last_id - limit).max(0));
+    let after = after_id.unwrap_or((last_id - limit).max(0));
     let list = store::notifications_after(&mut conn, after, &[], limit).await?;
     drop(conn);
-    let list: Vec<Value> = list.iter().map(notification_json).collect();
-    Ok(Json(json!({ "notifications": list, "last_id": last_id })))
+    Ok((list.iter().map(notification_json).collect(), last_id))
+}
+
+/// `GET /api/v1/dashboard` parameters (see docs/dashboard.md).
+#[derive(Debug, Default, Deserialize)]
+pub struct DashboardParams {
+    /// `15m`, `1h`, `24h` or `7d` (default `1h`), or give `start` and `end`.
+    range: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    /// Notifications after this id; absent: the latest `limit`.
+    after_id: Option<i64>,
+    /// Most notifications returned (default 50, at most 1,000).
+    limit: Option<i64>,
+}
+
+/// The headline numbers, in the order the page shows them.
+const KPIS: [Metric; 5] = [
+    Metric::Events,
+    Metric::Pageviews,
+    Metric::UniqueUsers,
+    Metric::Revenue,
+    Metric::Purchases,
+];
+/// Metric queries of one dashboard answer run at most this many at a time
+/// (each holds a pooled connection while it runs), so one page takes a
+/// bounded share of the pool however many panels it has.
+const DASHBOARD_PARALLEL: usize = 4;
+/// Groups in the events-by-type chart and the top lists.
+const DASHBOARD_TOP: u32 = 10;
+
+/// The range of a dashboard answer: a named range ending at the next
+/// minute boundary (as `/metrics`), or an explicit `[start, end)` whose
+/// buckets are minutes up to a day, hours up to 60 days, days beyond.
+/// Returns the range's name (`custom` for an explicit one) too.
+fn dashboard_range(
+    p: &DashboardParams,
+    now: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>, Granularity, String), Error> {
+    match (&p.start, &p.end) {
+        (Some(start), Some(end)) => {
+            let (start, end) = (parse_time("start", start)?, parse_time("end", end)?);
+            if start >= end {
+                return Err(Error::InvalidArgument(format!(
+                    "start ({}) must be before end ({})",
+                    rfc3339(start),
+                    rfc3339(end)
+                )));
+            }
+            let span = end - start;
+            let granularity = if span <= TimeDelta::days(1) {
+                Granularity::Minute
+            } else if span <= TimeDelta::days(60) {
+                Granularity::Hour
+            } else {
+                Granularity::Day
+            };
+            Ok((start, end, granularity, "custom".to_owned()))
+        }
+        (None, None) => {
+            let name = p.range.as_deref().unwrap_or("1h");
+            let (span, granularity) = parse_range(name)?;
+            let end = ceil_to(now + TimeDelta::milliseconds(1), 60);
+            Ok((end - span, end, granularity, name.to_owned()))
+        }
+        _ => Err(Error::InvalidArgument(
+            "give both start and end, or neither (and a range)".into(),
+        )),
+    }
+}
+
+/// The buckets of `query` that do not cover a whole bucket of data: cut by
+/// the range's start or end, or not over yet at `now` (the current minute).
+fn partial_buckets(query: &MetricQuery, now: DateTime<Utc>) -> Vec<usize> {
+    let Some(step) = query.granularity.seconds() else {
+        return Vec::new();
+    };
+    let step = TimeDelta::seconds(i64::from(step));
+    let until = query.end.min(now);
+    query
+        .bucket_starts()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, b)| *b < query.start || *b + step > until)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn metric_request(
+    metric: Metric,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    granularity: Granularity,
+    group_by: proto::Dimension,
+) -> proto::GetMetricsRequest {
+    let metric = match metric {
+        Metric::Events => proto::Metric::Events,
+        Metric::UniqueUsers => proto::Metric::UniqueUsers,
+        Metric::Pageviews => proto::Metric::Pageviews,
+        Metric::Purchases => proto::Metric::Purchases,
+        Metric::Revenue => proto::Metric::Revenue,
+        Metric::Quantity => proto::Metric::Quantity,
+    };
+    proto::GetMetricsRequest {
+        metric: metric as i32,
+        start: Some(to_timestamp(start)),
+        end: Some(to_timestamp(end)),
+        granularity: proto_granularity(granularity) as i32,
+        filter: None,
+        group_by: group_by as i32,
+        limit: if group_by == proto::Dimension::Unspecified {
+            0
+        } else {
+            DASHBOARD_TOP
+        },
+    }
+}
+
+/// The one series of an ungrouped answer (all zeros when nothing matched).
+fn single(series: &[SeriesValues], buckets: usize) -> SeriesValues {
+    series.first().cloned().unwrap_or_else(|| SeriesValues {
+        group: String::new(),
+        values: vec![0.0; buckets],
+        total: 0.0,
+    })
+}
+
+/// `GET /api/v1/dashboard`: every panel of the page in one answer, so a
+/// refresh is one request. Each number is a GetMetrics answer computed by
+/// [`get_metrics`] (the gRPC path), rules and notifications are those of
+/// `/alerts/rules` and `/alerts/notifications`; each KPI also carries its
+/// value over the previous period of the same length.
+pub async fn dashboard(
+    State(state): State<HttpState>,
+    params: Result<Query<DashboardParams>, QueryRejection>,
+) -> ApiResult {
+    use proto::Dimension as D;
+    let p = query_params(params)?;
+    let now = Utc::now();
+    let (start, end, granularity, range) = dashboard_range(&p, now)?;
+    let (prev_start, prev_end) = (start - (end - start), start);
+
+    // Series over the range, top lists, then the KPIs' totals that the
+    // series do not give (distinct users) and the previous period's.
+    let mut requests = vec![
+        metric_request(Metric::Events, start, end, granularity, D::EventType),
+        metric_request(Metric::Events, start, end, granularity, D::Unspecified),
+        metric_request(Metric::Pageviews, start, end, granularity, D::Unspecified),
+        metric_request(Metric::UniqueUsers, start, end, granularity, D::Unspecified),
+        metric_request(Metric::Revenue, start, end, granularity, D::Unspecified),
+        metric_request(Metric::Purchases, start, end, granularity, D::Unspecified),
+        metric_request(
+            Metric::Pageviews,
+            start,
+            end,
+            Granularity::Total,
+            D::PageUrl,
+        ),
+        metric_request(
+            Metric::Revenue,
+            start,
+            end,
+            Granularity::Total,
+            D::ProductId,
+        ),
+        metric_request(
+            Metric::UniqueUsers,
+            start,
+            end,
+            Granularity::Total,
+            D::Unspecified,
+        ),
+    ];
+    let first_previous = requests.len();
+    for metric in KPIS {
+        requests.push(metric_request(
+            metric,
+            prev_start,
+            prev_end,
+            Granularity::Total,
+            D::Unspecified,
+        ));
+    }
+    let metrics = futures::stream::iter(requests)
+        .map(|request| get_metrics(&state, request))
+        .buffered(DASHBOARD_PARALLEL)
+        .try_collect::<Vec<_>>();
+    let (answers, rules, (notifications, last_id)) = tokio::try_join!(
+        metrics,
+        rules_json(&state),
+        notifications_json(&state, p.after_id, p.limit),
+    )?;
+
+    let (query, ..) = &answers[1];
+    let buckets = query.bucket_starts();
+    let n = buckets.len();
+    let approximate = answers.iter().any(|(_, _, approximate)| *approximate);
+    let series_of = |i: usize| single(&answers[i].1, n);
+    let (by_type, events, pageviews, users, revenue, purchases) = (
+        &answers[0].1,
+        series_of(1),
+        series_of(2),
+        series_of(3),
+        series_of(4),
+        series_of(5),
+    );
+    let top = |i: usize| -> Vec<Value> {
+        answers[i]
+            .1
+            .iter()
+            .map(|s| json!({ "group": s.group, "total": s.total }))
+            .collect()
+    };
+    let users_total = single(&answers[8].1, 1).total;
+    let mut kpis = serde_json::Map::new();
+    for (k, metric) in KPIS.into_iter().enumerate() {
+        let value = match metric {
+            Metric::Events => events.total,
+            Metric::Pageviews => pageviews.total,
+            Metric::UniqueUsers => users_total,
+            Metric::Revenue => revenue.total,
+            _ => purchases.total,
+        };
+        let previous = single(&answers[first_previous + k].1, 1).total;
+        // No change can be stated against nothing: the page shows "—".
+        let change = (previous != 0.0).then(|| (value - previous) / previous);
+        kpis.insert(
+            metric_name(metric).to_owned(),
+            json!({ "value": value, "previous": previous, "change": change }),
+        );
+    }
+    let values = |s: &SeriesValues| json!({ "total": s.total, "values": s.values });
+    Ok(Json(json!({
+        "range": range,
+        "start": rfc3339(start),
+        "end": rfc3339(end),
+        "now": rfc3339(now),
+        "granularity": granularity_name(granularity),
+        "buckets": buckets.into_iter().map(rfc3339).collect::<Vec<_>>(),
+        "partial": partial_buckets(query, now),
+        "previous": { "start": rfc3339(prev_start), "end": rfc3339(prev_end) },
+        "currency": state.dashboard.currency,
+        "approximate": approximate,
+        "kpis": kpis,
+        "series": {
+            "events_by_type": by_type.iter().map(series_json).collect::<Vec<_>>(),
+            "events": values(&events),
+            "pageviews": values(&pageviews),
+            "unique_users": values(&users),
+            "revenue": values(&revenue),
+            "purchases": values(&purchases),
+        },
+        "top_pages": top(6),
+        "top_products": top(7),
+        "rules": rules,
+        "notifications": notifications,
+        "last_id": last_id,
+    })))
 }
 
 /// Unknown `/api/…` paths answer JSON too.

@@ -1,6 +1,7 @@
 //! The web dashboard: one HTML page, a script and a stylesheet, compiled
-//! into the binary (no CDN, no build step). The page polls the JSON API
-//! (`api.rs`) every second and draws its charts as SVG.
+//! into the binary (no CDN, no build step). While its tab is visible the
+//! page asks `/api/v1/dashboard` (`api.rs`) for every panel in one request
+//! once a second, and draws its charts as SVG (see docs/dashboard.md).
 
 use axum::http::header;
 use axum::response::IntoResponse;

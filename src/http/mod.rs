@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::auth::KeySet;
+use crate::config::DashboardSettings;
 use crate::db::{PgPool, PoolRole};
 use crate::domain::key::Scope;
 use crate::grpc::query::QueryApi;
@@ -45,12 +46,15 @@ pub struct HttpState {
     pub key_limits: Arc<KeyLimits>,
     /// The names requests may use besides addresses and `localhost`.
     pub hosts: Arc<protect::AllowedHosts>,
+    /// What the page shows besides data (the revenue currency).
+    pub dashboard: Arc<DashboardSettings>,
 }
 
 /// Every HTTP route.
 pub fn router(state: HttpState) -> Router {
     let api = Router::new()
         .route("/metrics", get(api::metrics))
+        .route("/dashboard", get(api::dashboard))
         .route("/alerts/rules", get(api::rules))
         .route("/alerts/notifications", get(api::notifications))
         .fallback(api::not_found)

@@ -75,6 +75,22 @@ async fn seed(app: &TestApp) -> usize {
     n
 }
 
+/// Events `minutes_ago`: `clicks` clicks and `pageviews` pageviews of `/`,
+/// at one instant.
+async fn seed_at(app: &TestApp, minutes_ago: i64, clicks: usize, pageviews: usize) {
+    let at = to_timestamp(Utc::now() - TimeDelta::minutes(minutes_ago));
+    let mut events: Vec<Event> = (0..clicks)
+        .map(|k| click(Uuid::now_v7(), &format!("old-{k}")))
+        .collect();
+    events.extend((0..pageviews).map(|k| pageview(Uuid::now_v7(), &format!("old-{k}"), "/")));
+    for e in &mut events {
+        e.timestamp = Some(at);
+    }
+    let n = events.len() as u64;
+    let response = ingest(app, vec![message(events)]).await.expect("ingest");
+    assert_eq!(response.accepted, n, "{response:?}");
+}
+
 async fn get_json(app: &TestApp, path: &str) -> (u16, Value) {
     let (status, body) = app.http_get(path).await;
     let json = serde_json::from_str(&body)
@@ -272,6 +288,280 @@ async fn json_alert_rules_show_state_and_notifications_page_by_id() {
     );
 }
 
+/// GetMetrics over `[start, end)` as the dashboard asks it.
+async fn grpc_metrics(
+    app: &TestApp,
+    metric: Metric,
+    start: &str,
+    end: &str,
+    granularity: Granularity,
+    group_by: Dimension,
+) -> GetMetricsResponse {
+    let time = |t: &str| to_timestamp(t.parse::<DateTime<Utc>>().expect("RFC 3339"));
+    app.query()
+        .get_metrics(GetMetricsRequest {
+            metric: metric as i32,
+            start: Some(time(start)),
+            end: Some(time(end)),
+            granularity: granularity as i32,
+            group_by: group_by as i32,
+            limit: if group_by == Dimension::Unspecified {
+                0
+            } else {
+                10
+            },
+            ..Default::default()
+        })
+        .await
+        .expect("GetMetrics")
+        .into_inner()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .map(|x| x.as_f64().expect("a number"))
+        .collect()
+}
+
+fn grpc_values(answer: &GetMetricsResponse) -> Vec<f64> {
+    answer
+        .series
+        .first()
+        .map(|s| s.points.iter().map(|p| p.value).collect())
+        .unwrap_or_default()
+}
+
+fn grpc_total(answer: &GetMetricsResponse) -> f64 {
+    answer.series.first().map_or(0.0, |s| s.total)
+}
+
+#[tokio::test]
+async fn the_combined_dashboard_answer_is_get_metrics() {
+    let app = TestApp::spawn().await;
+    seed(&app).await;
+    // The previous hour: clicks and pageviews, no purchase.
+    seed_at(&app, 70, 3, 2).await;
+    firing_rule(&app, "busy").await;
+    wait_for_firing(&app).await;
+
+    let (status, d) = get_json(&app, "/api/v1/dashboard?range=1h").await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["range"], "1h");
+    assert_eq!(d["granularity"], "minute");
+    assert_eq!(d["currency"], "USD");
+    let (start, end) = (d["start"].as_str().unwrap(), d["end"].as_str().unwrap());
+    let buckets = d["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 60, "{d}");
+    assert_eq!(buckets[0], start);
+    // The current minute is the last bucket and the only partial one.
+    assert_eq!(d["partial"], serde_json::json!([59]), "{d}");
+
+    use Dimension as D;
+    use Granularity as G;
+    // Every series equals GetMetrics over the same range and buckets.
+    let by_type = grpc_metrics(&app, Metric::Events, start, end, G::Minute, D::EventType).await;
+    let shown = d["series"]["events_by_type"].as_array().unwrap();
+    assert_eq!(shown.len(), by_type.series.len(), "{d}");
+    for (http, grpc) in shown.iter().zip(&by_type.series) {
+        assert_eq!(http["group"], grpc.group.as_str());
+        assert_eq!(http["total"].as_f64(), Some(grpc.total));
+        let values: Vec<f64> = grpc.points.iter().map(|p| p.value).collect();
+        assert_eq!(floats(&http["values"]), values, "{}", grpc.group);
+    }
+    for (name, metric) in [
+        ("events", Metric::Events),
+        ("pageviews", Metric::Pageviews),
+        ("unique_users", Metric::UniqueUsers),
+        ("revenue", Metric::Revenue),
+        ("purchases", Metric::Purchases),
+    ] {
+        let grpc = grpc_metrics(&app, metric, start, end, G::Minute, D::Unspecified).await;
+        assert_eq!(
+            floats(&d["series"][name]["values"]),
+            grpc_values(&grpc),
+            "{name}"
+        );
+        assert_eq!(
+            d["series"][name]["total"].as_f64(),
+            Some(grpc_total(&grpc)),
+            "{name}"
+        );
+        // The KPI: the range's total (distinct users over the whole range,
+        // not a sum of minutes) and the same over the hour before.
+        let total = grpc_metrics(&app, metric, start, end, G::Total, D::Unspecified).await;
+        let kpi = &d["kpis"][name];
+        assert_eq!(
+            kpi["value"].as_f64(),
+            Some(grpc_total(&total)),
+            "{name}: {kpi}"
+        );
+        let (prev_start, prev_end) = (
+            d["previous"]["start"].as_str().unwrap(),
+            d["previous"]["end"].as_str().unwrap(),
+        );
+        assert_eq!(prev_end, start);
+        let previous = grpc_total(
+            &grpc_metrics(&app, metric, prev_start, prev_end, G::Total, D::Unspecified).await,
+        );
+        assert_eq!(kpi["previous"].as_f64(), Some(previous), "{name}: {kpi}");
+        if previous == 0.0 {
+            assert!(
+                kpi["change"].is_null(),
+                "{name}: no change against nothing: {kpi}"
+            );
+        } else {
+            let change = (grpc_total(&total) - previous) / previous;
+            assert_eq!(kpi["change"].as_f64(), Some(change), "{name}: {kpi}");
+        }
+    }
+    assert_eq!(d["kpis"]["events"]["previous"].as_f64(), Some(5.0), "{d}");
+    assert_eq!(d["kpis"]["events"]["value"].as_f64(), Some(21.0), "{d}");
+    assert_eq!(
+        d["kpis"]["events"]["change"].as_f64(),
+        Some(16.0 / 5.0),
+        "{d}"
+    );
+    assert!(d["kpis"]["revenue"]["change"].is_null(), "{d}");
+    // Top lists.
+    for (name, metric, dim) in [
+        ("top_pages", Metric::Pageviews, D::PageUrl),
+        ("top_products", Metric::Revenue, D::ProductId),
+    ] {
+        let grpc = grpc_metrics(&app, metric, start, end, G::Total, dim).await;
+        let shown: Vec<(String, f64)> = d[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["group"].as_str().unwrap().to_owned(),
+                    r["total"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        let expected: Vec<(String, f64)> = grpc
+            .series
+            .iter()
+            .map(|s| (s.group.clone(), s.total))
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(shown, expected, "{name}");
+    }
+    // Rules and notifications as their own routes give them.
+    let (_, rules) = get_json(&app, "/api/v1/alerts/rules").await;
+    assert_eq!(d["rules"], rules["rules"], "{d}");
+    assert_eq!(d["rules"][0]["state"], "firing");
+    let (_, notes) = get_json(&app, "/api/v1/alerts/notifications?limit=5").await;
+    let (_, again) = get_json(&app, "/api/v1/dashboard?range=1h&limit=5").await;
+    assert_eq!(again["notifications"], notes["notifications"]);
+    assert_eq!(again["last_id"], notes["last_id"]);
+    let last = notes["last_id"].as_i64().unwrap();
+    assert!(last > 0);
+    let (_, after) = get_json(&app, &format!("/api/v1/dashboard?range=1h&after_id={last}")).await;
+    assert_eq!(after["notifications"], serde_json::json!([]), "{after}");
+
+    // Named ranges and their buckets; 7 d in hours, the previous week before.
+    let (_, week) = get_json(&app, "/api/v1/dashboard?range=7d").await;
+    assert_eq!(week["granularity"], "hour");
+    assert_eq!(
+        week["kpis"]["revenue"]["value"].as_f64(),
+        Some(35.22),
+        "{week}"
+    );
+    let partial = floats(&week["partial"]);
+    let n = week["buckets"].as_array().unwrap().len() as f64;
+    assert_eq!(*partial.last().unwrap(), n - 1.0, "{week}");
+}
+
+#[tokio::test]
+async fn the_dashboard_takes_a_custom_range_and_explains_bad_ones() {
+    let app = TestApp::spawn_with(|s| s.dashboard.currency = "JPY".into()).await;
+    seed(&app).await;
+    let end = floor_to(Utc::now(), 3600) + TimeDelta::hours(1);
+    for (span, granularity, buckets) in [
+        (TimeDelta::minutes(90), "minute", 90..=90),
+        (TimeDelta::days(3), "hour", 72..=72),
+        // 91 unless the range happens to start at midnight.
+        (TimeDelta::days(90), "day", 90..=91),
+    ] {
+        let start = end - span;
+        let path = format!(
+            "/api/v1/dashboard?start={}&end={}",
+            rfc3339(start),
+            rfc3339(end)
+        );
+        let (status, d) = get_json(&app, &path).await;
+        assert_eq!(status, 200, "{path}: {d}");
+        assert_eq!(d["range"], "custom");
+        assert_eq!(d["currency"], "JPY");
+        assert_eq!(d["granularity"], granularity, "{path}");
+        assert!(
+            buckets.contains(&d["buckets"].as_array().unwrap().len()),
+            "{path}: {d}"
+        );
+        assert_eq!(
+            d["kpis"]["events"]["value"].as_f64(),
+            Some(21.0),
+            "{path}: {d}"
+        );
+        let previous = rfc3339(start - span);
+        assert_eq!(d["previous"]["start"], previous.as_str(), "{path}");
+    }
+    // A range wholly in the past has no partial bucket; one cut mid-hour has.
+    let past_end = end - TimeDelta::hours(2);
+    let (_, d) = get_json(
+        &app,
+        &format!(
+            "/api/v1/dashboard?start={}&end={}",
+            rfc3339(past_end - TimeDelta::minutes(30)),
+            rfc3339(past_end)
+        ),
+    )
+    .await;
+    assert_eq!(d["partial"], serde_json::json!([]), "{d}");
+    let cut = floor_to(Utc::now(), 3600) - TimeDelta::days(2) + TimeDelta::minutes(30);
+    let (_, d) = get_json(
+        &app,
+        &format!(
+            "/api/v1/dashboard?start={}&end={}",
+            rfc3339(cut),
+            rfc3339(cut + TimeDelta::days(1) + TimeDelta::hours(1))
+        ),
+    )
+    .await;
+    assert_eq!(d["granularity"], "hour", "{d}");
+    let last = d["buckets"].as_array().unwrap().len() - 1;
+    assert_eq!(d["partial"], serde_json::json!([0, last]), "{d}");
+
+    for (query, needle) in [
+        (
+            "start=2026-03-02T10:00:00Z&end=2026-03-02T09:00:00Z",
+            "must be before",
+        ),
+        (
+            "start=2026-03-02T10:00:00Z&end=2026-03-02T10:00:00Z",
+            "must be before",
+        ),
+        ("start=2026-03-02T10:00:00Z", "both start and end"),
+        ("start=yesterday&end=2026-03-02T10:00:00Z", "RFC 3339"),
+        (
+            "start=1990-01-01T00:00:00Z&end=2090-01-01T00:00:00Z",
+            "buckets",
+        ),
+        ("range=2w", "not one of"),
+        ("range=1h&limit=0", "limit"),
+        ("range=1h&after_id=-1", "after_id"),
+    ] {
+        let (status, json) = get_json(&app, &format!("/api/v1/dashboard?{query}")).await;
+        assert_eq!(status, 400, "{query}: {json}");
+        assert_eq!(json["error"]["code"], "INVALID_ARGUMENT", "{query}");
+        let message = json["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{query}: {message}");
+    }
+}
+
 #[tokio::test]
 async fn the_page_and_its_assets_are_served_from_the_binary() {
     let app = TestApp::spawn().await;
@@ -331,8 +621,16 @@ async fn the_dashboard_in_headless_chromium_matches_get_metrics_and_updates_live
         "tests/browser/node_modules is missing: {}",
         crate::helpers::INSTALL_HINT
     );
-    let app = TestApp::spawn().await;
+    // Revenue in euros, from the setting; events in the previous hour so
+    // the KPIs compare (revenue has none there: "—"); a purchase big
+    // enough to test that KPI values are never cut at 360 px.
+    let app = TestApp::spawn_with(|s| s.dashboard.currency = "EUR".into()).await;
     seed(&app).await;
+    seed_at(&app, 75, 4, 2).await;
+    let big = purchase(Uuid::now_v7(), "user-1", "sku-9", 3, "987654.32");
+    ingest(&app, vec![message(vec![big])])
+        .await
+        .expect("ingest");
     firing_rule(&app, "Busy site").await;
     wait_for_firing(&app).await;
 
@@ -344,6 +642,7 @@ async fn the_dashboard_in_headless_chromium_matches_get_metrics_and_updates_live
             .arg(dir.join("dashboard.test.mjs"))
             .args([&http, &grpc])
             .arg(&shot)
+            .arg("EUR")
             .env("GRPCURL", grpcurl())
             .output()
             .expect("node runs")
@@ -515,19 +814,22 @@ async fn the_grpcurl_examples_run() {
 }
 
 #[tokio::test]
-async fn the_demo_creates_rules_and_traffic() {
+async fn the_demo_creates_rules_and_traffic_and_a_week_with_days_and_nights() {
     let db = TestDatabase::migrated().await;
     let url = db.url.clone();
     let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    // A small run: 2 events/s at the peak, 2 minutes of history at that
+    // rate, 40,000 events over the week before (a floor of about 3 % of the
+    // live rate far back, ramping up to it over the last hours).
     pulse::demo::run(pulse::demo::DemoSettings {
         database_url: url,
         grpc_addr: loopback,
         http_addr: loopback,
-        rate: 50.0,
+        rate: 2.0,
         day_length: Duration::from_secs(60),
-        backfill: 2_000,
-        history: Duration::from_secs(60),
-        duration: Some(Duration::from_secs(4)),
+        backfill: 40_000,
+        history: Duration::from_secs(120),
+        duration: Some(Duration::from_secs(2)),
     })
     .await
     .expect("the demo runs and stops");
@@ -545,8 +847,8 @@ async fn the_demo_creates_rules_and_traffic() {
         names,
         ["Checkout stalled", "Sign-up surge", "Traffic burst"]
     );
-    let end = Utc::now() + TimeDelta::minutes(1);
-    let total = |start: DateTime<Utc>| {
+    let end = floor_to(Utc::now(), 3600) + TimeDelta::hours(1);
+    let events = |start: DateTime<Utc>, granularity: Granularity| {
         let mut query = app.query();
         async move {
             query
@@ -554,21 +856,41 @@ async fn the_demo_creates_rules_and_traffic() {
                     metric: Metric::Events as i32,
                     start: Some(to_timestamp(start)),
                     end: Some(to_timestamp(end)),
-                    granularity: Granularity::Total as i32,
+                    granularity: granularity as i32,
                     ..Default::default()
                 })
                 .await
                 .unwrap()
                 .into_inner()
                 .series
-                .first()
-                .map_or(0.0, |s| s.total)
+                .remove(0)
         }
     };
-    let week = total(end - TimeDelta::days(8)).await;
-    let recent = total(end - TimeDelta::minutes(3)).await;
-    // History (a week, thinned by the daily pattern, plus the last minute)
-    // and then live traffic.
-    assert!(week > 1_000.0, "backfill: {week}");
+    let week = events(end - TimeDelta::days(8), Granularity::Total)
+        .await
+        .total;
+    let recent = events(Utc::now() - TimeDelta::minutes(5), Granularity::Total)
+        .await
+        .total;
+    // The backfill's budget plus the history at the live rate (~0.65 × 2/s
+    // for 120 s), plus live traffic: the whole week is sent before it stops.
+    assert!((40_000.0..40_600.0).contains(&week), "week: {week}");
     assert!(recent > 50.0, "live traffic and recent history: {recent}");
+    // The 7-day view: every hour from 6 days back to 2 days back has
+    // events, and afternoons (12–16 h UTC) are busier than nights (0–4 h).
+    let hours = events(end - TimeDelta::days(7), Granularity::Hour).await;
+    let (mut afternoons, mut nights) = (0.0, 0.0);
+    for point in &hours.points[24..hours.points.len() - 48] {
+        assert!(point.value > 0.0, "an empty hour in the week: {point:?}");
+        let hour = (point.bucket_start.unwrap().seconds / 3600) % 24;
+        match hour {
+            12..=16 => afternoons += point.value,
+            0..=4 => nights += point.value,
+            _ => {}
+        }
+    }
+    assert!(
+        afternoons > 2.0 * nights,
+        "days {afternoons} vs nights {nights}"
+    );
 }
