@@ -7,6 +7,12 @@ use clap::Parser;
 use pulse::cli::{Cli, Command};
 use pulse::{commands, loadgen, telemetry};
 
+/// See `Cargo.toml` `[features]`: memory freed by a burst (a big fold, a
+/// wide query) goes back to the system instead of staying in the process.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
