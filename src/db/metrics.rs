@@ -19,6 +19,7 @@
 //! Every SQL text here is a constant (a few are composed once from
 //! constant fragments); requests only choose among them and bind values.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
@@ -52,38 +53,39 @@ macro_rules! revenue_text {
     };
 }
 
-/// The sub-minute raw edges, aggregated per (value, type) — or per user for
-/// sets — since each edge lies within one minute and so within one output
-/// bucket (`t` is its first event). `{range}` is the edge's time condition
-/// and `{gate}` turns the end edge off when its minute is read whole.
+/// Raw events of a time range, aggregated per (value, type) — or per user
+/// for sets. `{range}` is the time condition and `{gate}` turns the end
+/// edge off when its minute is read whole; `{t}`/`{by}` say what `t` is:
+/// the first event of a sub-minute edge (which lies in one output bucket),
+/// or each event's minute for whole minutes read raw.
 /// Detail rows are found by one index lookup per event (`LIMIT 1` keeps each
 /// lookup a nested loop: a join here was once planned as a hash join over
 /// every pageview), and for every event only where the dimension needs it.
-fn edge_sql(sets: bool, dimension: usize) -> &'static str {
+fn edge_template(sets: bool, dimension: usize) -> &'static str {
     match (sets, dimension) {
         (false, 0) => concat!(
-            r#"SELECT 1 AS part, min(e."timestamp") AS t, 0 AS value_id, e.event_type_id AS type_id, count(*)::int8 AS n,
+            r#"SELECT 1 AS part, {t} AS t, 0 AS value_id, e.event_type_id AS type_id, count(*)::int8 AS n,
                       0::int8 AS quantity, NULL::text AS revenue
-               FROM events e WHERE {range} AND e.event_type_id <> $13{gate} GROUP BY e.event_type_id
+               FROM events e WHERE {range} AND e.event_type_id <> $13{gate} GROUP BY {by}e.event_type_id
                UNION ALL
-               SELECT 1, min(e."timestamp"), 0, e.event_type_id, count(*)::int8, sum(p.quantity)::int8, "#,
+               SELECT 1, {t}, 0, e.event_type_id, count(*)::int8, sum(p.quantity)::int8, "#,
             revenue_text!("sum(p.amount)"),
             r#"
                FROM events e
                CROSS JOIN LATERAL (SELECT x.quantity, x.amount FROM purchases x WHERE x.event_id = e.event_id LIMIT 1) p
-               WHERE {range} AND e.event_type_id = $13{gate} GROUP BY e.event_type_id"#
+               WHERE {range} AND e.event_type_id = $13{gate} GROUP BY {by}e.event_type_id"#
         ),
         (false, 1) => {
-            r#"SELECT 1, min(e."timestamp"), v.value_id, e.event_type_id, count(*)::int8, 0::int8, NULL::text
+            r#"SELECT 1, {t}, v.value_id, e.event_type_id, count(*)::int8, 0::int8, NULL::text
                FROM events e
                CROSS JOIN LATERAL (SELECT d.value_id FROM pageviews p
                                    JOIN dimension_values d ON d.dimension = 1 AND d.value = p.page_url
                                    WHERE p.event_id = e.event_id LIMIT 1) v
                WHERE {range} AND e.event_type_id = $12{gate} AND ($2::int4 IS NULL OR v.value_id = $2)
-               GROUP BY v.value_id, e.event_type_id"#
+               GROUP BY {by}v.value_id, e.event_type_id"#
         }
         (false, _) => concat!(
-            r#"SELECT 1, min(e."timestamp"), v.value_id, e.event_type_id, count(*)::int8, sum(v.quantity)::int8, "#,
+            r#"SELECT 1, {t}, v.value_id, e.event_type_id, count(*)::int8, sum(v.quantity)::int8, "#,
             revenue_text!("sum(v.amount)"),
             r#"
                FROM events e
@@ -91,35 +93,62 @@ fn edge_sql(sets: bool, dimension: usize) -> &'static str {
                                    JOIN dimension_values d ON d.dimension = 2 AND d.value = p.product_id
                                    WHERE p.event_id = e.event_id LIMIT 1) v
                WHERE {range} AND e.event_type_id = $13{gate} AND ($2::int4 IS NULL OR v.value_id = $2)
-               GROUP BY v.value_id, e.event_type_id"#
+               GROUP BY {by}v.value_id, e.event_type_id"#
         ),
         (true, 0) => {
-            r#"SELECT 1, min(e."timestamp"), 0, e.event_type_id, e.user_id, NULL::int8, NULL::text
+            r#"SELECT 1, {t}, 0, e.event_type_id, e.user_id, NULL::int8, NULL::text
                FROM events e WHERE {range} AND e.user_id IS NOT NULL{gate}
-               GROUP BY e.event_type_id, e.user_id"#
+               GROUP BY {by}e.event_type_id, e.user_id"#
         }
         (true, 1) => {
-            r#"SELECT 1, min(e."timestamp"), v.value_id, e.event_type_id, e.user_id, NULL::int8, NULL::text
+            r#"SELECT 1, {t}, v.value_id, e.event_type_id, e.user_id, NULL::int8, NULL::text
                FROM events e
                CROSS JOIN LATERAL (SELECT d.value_id FROM pageviews p
                                    JOIN dimension_values d ON d.dimension = 1 AND d.value = p.page_url
                                    WHERE p.event_id = e.event_id LIMIT 1) v
                WHERE {range} AND e.event_type_id = $12 AND e.user_id IS NOT NULL{gate}
                  AND ($2::int4 IS NULL OR v.value_id = $2)
-               GROUP BY v.value_id, e.event_type_id, e.user_id"#
+               GROUP BY {by}v.value_id, e.event_type_id, e.user_id"#
         }
         (true, _) => {
-            r#"SELECT 1, min(e."timestamp"), v.value_id, e.event_type_id, e.user_id, NULL::int8, NULL::text
+            r#"SELECT 1, {t}, v.value_id, e.event_type_id, e.user_id, NULL::int8, NULL::text
                FROM events e
                CROSS JOIN LATERAL (SELECT d.value_id FROM purchases p
                                    JOIN dimension_values d ON d.dimension = 2 AND d.value = p.product_id
                                    WHERE p.event_id = e.event_id LIMIT 1) v
                WHERE {range} AND e.event_type_id = $13 AND e.user_id IS NOT NULL{gate}
                  AND ($2::int4 IS NULL OR v.value_id = $2)
-               GROUP BY v.value_id, e.event_type_id, e.user_id"#
+               GROUP BY {by}v.value_id, e.event_type_id, e.user_id"#
         }
     }
 }
+
+/// A sub-minute edge: one row per (value, type[, user]).
+fn edge_sql(sets: bool, dimension: usize, range: &str, gate: &str) -> String {
+    edge_template(sets, dimension)
+        .replace("{t}", r#"min(e."timestamp")"#)
+        .replace("{by}", "")
+        .replace("{range}", range)
+        .replace("{gate}", gate)
+}
+
+const MINUTE_OF: &str = r#"date_trunc('minute', e."timestamp", 'UTC')"#;
+
+/// Whole minutes `[$5, $6)` read from raw events (pages and products older
+/// than the minute horizon): one row per (minute, value, type[, user]).
+/// Parameters as [`live_sql`]'s.
+fn raw_minutes_sql(sets: bool, dimension: usize) -> String {
+    let body = edge_template(sets, dimension)
+        .replace("{t}", MINUTE_OF)
+        .replace("{by}", &format!("{MINUTE_OF}, "))
+        .replace("{range}", START_RANGE)
+        .replace("{gate}", "");
+    format!("SELECT * FROM ({body}) AS x(part, t, value_id, type_id, n, quantity, revenue)")
+}
+
+/// `RAW_MINUTES[sets][dimension code]`.
+static RAW_MINUTES: LazyLock<[[String; 3]; 2]> =
+    LazyLock::new(|| [false, true].map(|sets| [0, 1, 2].map(|d| raw_minutes_sql(sets, d))));
 
 const START_RANGE: &str = r#"e."timestamp" >= $5 AND e."timestamp" < $6"#;
 const END_RANGE: &str = r#"e."timestamp" >= $7 AND e."timestamp" < $8"#;
@@ -133,7 +162,8 @@ const END_GATE: &str = " AND NOT (SELECT extend FROM after)";
 /// rollups, `$10` the end of that minute, `$11` the generation the process
 /// has applied, `$12`/`$13` the pageview and purchase type ids.
 ///
-/// Parts: 0 pending deltas, 1 edge events (aggregated), 2 the generation,
+/// Parts: 0 pending deltas, 1 edge events (aggregated), 2 the generation
+/// and the minute horizon of pages and products (see `db/rollups.rs`),
 /// 3 fold log rows, 4 the oldest logged generation, 5 whether the last
 /// minute is read whole (no event lies in `[end, $10)`; then the end edge
 /// is not read).
@@ -150,11 +180,8 @@ fn live_sql(sets: bool, dimension: usize) -> String {
             " AS revenue FROM rollup_count_deltas d"
         )
     };
-    let edge = edge_sql(sets, dimension);
-    let start = edge.replace("{range}", START_RANGE).replace("{gate}", "");
-    let end = edge
-        .replace("{range}", END_RANGE)
-        .replace("{gate}", END_GATE);
+    let start = edge_sql(sets, dimension, START_RANGE, "");
+    let end = edge_sql(sets, dimension, END_RANGE, END_GATE);
     format!(
         r#"WITH after AS MATERIALIZED (
     SELECT $9::bool AND NOT EXISTS (SELECT 1 FROM events WHERE "timestamp" >= $8 AND "timestamp" < $10) AS extend
@@ -166,7 +193,8 @@ UNION ALL
 UNION ALL
 {end}
 UNION ALL
-SELECT 2, NULL, NULL, NULL, fold_generation, NULL, NULL FROM rollup_state
+SELECT 2, now() - make_interval(secs => dimension_minute_seconds), NULL, NULL, fold_generation, NULL, NULL
+FROM rollup_state
 UNION ALL
 SELECT 3, m, NULL, 0::int2, f.generation, NULL, NULL
 FROM rollup_folds f CROSS JOIN LATERAL unnest(f.minutes) AS m WHERE f.generation > $11
@@ -263,6 +291,9 @@ pub struct LiveRow {
 #[derive(Debug, Clone, Default)]
 pub struct Live {
     pub log: FoldLog,
+    /// Minutes of pages and products before this instant have no stored
+    /// minute rows: they are read from raw events.
+    pub horizon: Option<DateTime<Utc>>,
     /// True when the last partial minute is read whole from rollups and
     /// deltas (no event lies after `end` in it); the end edge was not read.
     pub extend: bool,
@@ -339,7 +370,10 @@ pub async fn read_live(conn: &mut AsyncPgConnection, r: &LiveRequest) -> Result<
                     },
                 });
             }
-            2 => generation = row.n,
+            2 => {
+                generation = row.n;
+                live.horizon = row.t;
+            }
             3 => {
                 let (Some(g), Some(kind)) = (row.n, row.type_id) else {
                     continue;
@@ -358,6 +392,89 @@ pub async fn read_live(conn: &mut AsyncPgConnection, r: &LiveRequest) -> Result<
     live.log.generation =
         generation.ok_or_else(|| Error::Internal("rollup_state has no row".into()))?;
     Ok(live)
+}
+
+/// Whole minutes `[from, to)` of a dimension read from raw events, one
+/// bucket per minute that holds any (see [`raw_minutes_sql`]).
+pub async fn read_raw_minutes(
+    conn: &mut AsyncPgConnection,
+    r: &LiveRequest,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<((i32, i64), Bucket)>> {
+    let sql = RAW_MINUTES[usize::from(r.sets)]
+        .get(r.dimension as usize)
+        .ok_or_else(|| Error::Internal(format!("no rollup dimension {}", r.dimension)))?;
+    let rows: Vec<LiveSqlRow> = Sql::new(sql)
+        .bind::<Int2, _>(r.dimension)
+        .bind::<Nullable<Int4>, _>(r.value)
+        .bind::<Timestamptz, _>(from)
+        .bind::<Timestamptz, _>(to)
+        .bind::<Timestamptz, _>(from)
+        .bind::<Timestamptz, _>(to)
+        .bind::<Timestamptz, _>(to)
+        .bind::<Timestamptz, _>(to)
+        .bind::<Bool, _>(false)
+        .bind::<Timestamptz, _>(to)
+        .bind::<Int8, _>(i64::MAX)
+        .bind::<Int2, _>(r.pageview_type)
+        .bind::<Int2, _>(r.purchase_type)
+        .load(conn)
+        .await?;
+    let mut out: Vec<((i32, i64), Bucket)> = Vec::new();
+    let mut bucket_at: HashMap<i64, usize> = HashMap::new();
+    let mut set_at: HashMap<(i64, i32, i16), usize> = HashMap::new();
+    for row in rows {
+        let (Some(t), Some(value_id), Some(type_id), Some(n)) =
+            (row.t, row.value_id, row.type_id, row.n)
+        else {
+            continue;
+        };
+        let minute = t.timestamp();
+        let at = *bucket_at.entry(minute).or_insert_with(|| {
+            out.push((
+                (60, minute),
+                if r.sets {
+                    Bucket::Sets(Vec::new())
+                } else {
+                    Bucket::Counts(CountRows::default())
+                },
+            ));
+            out.len() - 1
+        });
+        match &mut out[at].1 {
+            Bucket::Sets(sets) => {
+                let user = u64::try_from(n).unwrap_or(0);
+                let k = *set_at
+                    .entry((minute, value_id, type_id))
+                    .or_insert_with(|| {
+                        sets.push(SetRow {
+                            value_id,
+                            type_id,
+                            users: RoaringTreemap::new(),
+                        });
+                        sets.len() - 1
+                    });
+                sets[k].users.insert(user);
+            }
+            Bucket::Counts(counts) => {
+                let sales = Sales {
+                    quantity: row.quantity.unwrap_or(0),
+                    revenue: parse_revenue(row.revenue.as_deref())?,
+                };
+                if sales != Sales::default() || !counts.sales.is_empty() {
+                    counts.sales.resize(counts.rows.len(), Sales::default());
+                    counts.sales.push(sales);
+                }
+                counts.rows.push(CountRow {
+                    events: n,
+                    value_id,
+                    type_id,
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// What [`read_buckets`] reads: runs of buckets of one resolution.
@@ -807,5 +924,16 @@ pub fn type_ids(
                 .filter_map(|n| by_name.get(n).copied())
                 .collect(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod print_sql {
+    #[test]
+    #[ignore]
+    fn print_live_sql() {
+        println!("{}", super::LIVE[0][0]);
+        println!("-- raw");
+        println!("{}", super::RAW_MINUTES[0][1]);
     }
 }

@@ -59,6 +59,8 @@ WITH moved AS (
            m.dimension, m.value_id, m.event_type_id,
            sum(m.events)::bigint AS events, sum(m.quantity)::bigint AS quantity, sum(m.revenue) AS revenue
     FROM moved m CROSS JOIN (VALUES (60), (3600), (86400)) AS r(res)
+    -- Minute rows of pages and products only within the horizon.
+    WHERE r.res <> 60 OR m.dimension = 0 OR m.minute >= $2
     GROUP BY 1, 2, 3, 4, 5
 ), up AS (
     INSERT INTO rollup_counts AS t (resolution, bucket, dimension, value_id, event_type_id, events, quantity, revenue)
@@ -127,13 +129,24 @@ struct TouchedMinute {
 /// deltas of each table, bumps the generation and logs the touched minutes
 /// (or hours, when there are many) under it.
 async fn fold_pending(conn: &mut AsyncPgConnection, batch: i64) -> Result<u64> {
+    let started = std::time::Instant::now();
+    let horizon = minute_horizon(conn).await?;
     let touched: Vec<TouchedMinute> = diesel::sql_query(FOLD_COUNTS)
         .bind::<BigInt, _>(batch)
+        .bind::<Timestamptz, _>(horizon)
         .load(conn)
         .await?;
     let mut delta_rows = <[TouchedMinute]>::first(&touched).map_or(0, |t| t.n as u64);
     let mut minutes: Vec<DateTime<Utc>> = touched.into_iter().map(|t| t.minute).collect();
-    let (set_rows, set_minutes) = fold_sets(conn, batch).await?;
+    let counts_ms = started.elapsed().as_secs_f64() * 1e3;
+    let (set_rows, set_minutes) = fold_sets(conn, batch, horizon).await?;
+    tracing::debug!(
+        count_rows = delta_rows,
+        counts_ms,
+        set_rows,
+        sets_ms = started.elapsed().as_secs_f64() * 1e3 - counts_ms,
+        "fold steps"
+    );
     delta_rows += set_rows;
     minutes.extend(set_minutes);
     if delta_rows > 0 {
@@ -147,6 +160,24 @@ async fn fold_pending(conn: &mut AsyncPgConnection, batch: i64) -> Result<u64> {
         log_fold(conn, false, &minutes, &hours).await?;
     }
     Ok(delta_rows)
+}
+
+/// The oldest minute whose page and product minute rows a fold writes now
+/// (`rollup_state.dimension_minute_seconds` before the transaction's
+/// `now()`): see the migration that introduced it, and `query::Engine`,
+/// which reads older minutes of those dimensions from raw events.
+async fn minute_horizon(conn: &mut AsyncPgConnection) -> Result<DateTime<Utc>> {
+    #[derive(QueryableByName)]
+    struct Horizon {
+        #[diesel(sql_type = Timestamptz)]
+        horizon: DateTime<Utc>,
+    }
+    let row: Horizon = diesel::sql_query(
+        "SELECT now() - make_interval(secs => dimension_minute_seconds) AS horizon FROM rollup_state",
+    )
+    .get_result(conn)
+    .await?;
+    Ok(row.horizon)
 }
 
 /// Bumps the generation and records what changed under it; prunes log rows
@@ -320,7 +351,11 @@ type SetAdditions = BTreeMap<SetKey, RoaringTreemap>;
 /// Moves up to `batch` set deltas into the bitmaps of their minute, hour
 /// and day (and, for dimension 0, the any-type set). Returns the rows moved
 /// and the minutes touched.
-async fn fold_sets(conn: &mut AsyncPgConnection, batch: i64) -> Result<(u64, Vec<DateTime<Utc>>)> {
+async fn fold_sets(
+    conn: &mut AsyncPgConnection,
+    batch: i64,
+    horizon: DateTime<Utc>,
+) -> Result<(u64, Vec<DateTime<Utc>>)> {
     let deltas: Vec<SetDelta> = diesel::sql_query(
         "DELETE FROM rollup_set_deltas
          WHERE ctid = ANY (ARRAY (SELECT ctid FROM rollup_set_deltas LIMIT $1))
@@ -332,12 +367,14 @@ async fn fold_sets(conn: &mut AsyncPgConnection, batch: i64) -> Result<(u64, Vec
     if deltas.is_empty() {
         return Ok((0, Vec::new()));
     }
+    let started = std::time::Instant::now();
     // Bitmap work is CPU-bound: keep it off the async worker threads, so a
     // fold never stalls the ingest and query tasks sharing them.
     let rows = deltas.len() as u64;
-    let (mut additions, minutes) = tokio::task::spawn_blocking(move || group_set_deltas(&deltas))
-        .await
-        .map_err(|e| Error::Internal(format!("user-set task failed: {e}")))??;
+    let (mut additions, minutes) =
+        tokio::task::spawn_blocking(move || group_set_deltas(&deltas, horizon))
+            .await
+            .map_err(|e| Error::Internal(format!("user-set task failed: {e}")))??;
 
     let resolutions: Vec<i32> = additions.keys().map(|k| k.0).collect();
     let dimensions: Vec<i16> = additions.keys().map(|k| k.1).collect();
@@ -360,6 +397,8 @@ async fn fold_sets(conn: &mut AsyncPgConnection, batch: i64) -> Result<(u64, Vec
     .bind::<Array<Int2>, _>(&types)
     .load(conn)
     .await?;
+    let read_ms = started.elapsed().as_secs_f64() * 1e3;
+    let stored_sets = stored.len();
     let (blobs, cardinalities) =
         tokio::task::spawn_blocking(move || merge_sets(&mut additions, stored))
             .await
@@ -379,11 +418,22 @@ async fn fold_sets(conn: &mut AsyncPgConnection, batch: i64) -> Result<(u64, Vec
     .bind::<Array<Int8>, _>(&cardinalities)
     .execute(conn)
     .await?;
+    tracing::debug!(
+        keys = resolutions.len(),
+        stored_sets,
+        bytes = blobs.iter().map(Vec::len).sum::<usize>(),
+        group_and_read_ms = read_ms,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "fold sets"
+    );
     Ok((rows, minutes))
 }
 
 /// The users each set gains from the deltas, and the distinct minutes.
-fn group_set_deltas(deltas: &[SetDelta]) -> Result<(SetAdditions, Vec<DateTime<Utc>>)> {
+fn group_set_deltas(
+    deltas: &[SetDelta],
+    horizon: DateTime<Utc>,
+) -> Result<(SetAdditions, Vec<DateTime<Utc>>)> {
     let mut additions = SetAdditions::new();
     let mut minutes = Vec::new();
     for delta in deltas {
@@ -398,6 +448,10 @@ fn group_set_deltas(deltas: &[SetDelta]) -> Result<(SetAdditions, Vec<DateTime<U
             &types[..1]
         };
         for resolution in RESOLUTIONS {
+            // Minute sets of pages and products only within the horizon.
+            if resolution == 60 && delta.dimension != 0 && delta.minute < horizon {
+                continue;
+            }
             let bucket = floor_to(delta.minute, resolution);
             for &event_type_id in types {
                 additions

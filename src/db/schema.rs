@@ -243,6 +243,8 @@ diesel::table! {
         singleton -> Bool,
         /// Incremented by every fold that changed a rollup table; the query cache keys on it.
         fold_generation -> Int8,
+        /// Minute rows of dimensions other than 0 are written only for minutes at most this old when folded (26 h: the dashboard's 24-hour view stays on stored minutes); older minutes are read from raw events.
+        dimension_minute_seconds -> Int4,
     }
 }
 

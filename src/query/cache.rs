@@ -48,6 +48,10 @@ pub struct Shape {
     /// For sets of dimension 0: only the any-type sets (type 0), or only
     /// the per-type sets.
     pub any_type: Option<bool>,
+    /// Minutes read from raw events (pages and products older than the
+    /// minute horizon), not from rollup rows: usable only while no delta of
+    /// their minute is pending (see `query::Engine`).
+    pub raw: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -407,6 +411,7 @@ mod tests {
         dimension: 0,
         value: None,
         any_type: None,
+        raw: false,
     };
 
     fn counts(events: i64) -> Arc<Bucket> {

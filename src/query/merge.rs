@@ -59,9 +59,12 @@ impl Job<'_> {
 
     /// Whether a live row counts: deltas of the partial last minute count
     /// only when that minute is read whole (else its edge events do).
+    /// Deltas of minutes read from raw events are in those reads already.
     fn live_counts(&self, merged: &Merged, row: &LiveRow) -> bool {
-        !(row.delta && row.t >= self.ranges.last_minute && !merged.live.extend)
-            && self.counts_type(row.type_id)
+        let superseded = row.delta
+            && ((row.t >= self.ranges.last_minute && !merged.live.extend)
+                || merged.raw_minutes.contains(&row.t.timestamp()));
+        !superseded && self.counts_type(row.type_id)
     }
 }
 

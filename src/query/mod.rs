@@ -29,7 +29,7 @@ pub mod cache;
 mod merge;
 mod names;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -149,6 +149,7 @@ impl Engine {
             dimension,
             value,
             any_type,
+            raw: false,
         };
         let ranges = Ranges::new(q);
         let live = LiveRequest {
@@ -199,11 +200,13 @@ impl Engine {
         job: &Job<'_>,
         live: &LiveRequest,
     ) -> Result<Option<Merged>> {
-        let live = LiveRequest {
+        let live_request = &LiveRequest {
             known_generation: self.cache.known_generation(),
             ..live.clone()
         };
-        let live: Live = sql::read_live(conn, &live).await?;
+        let started = std::time::Instant::now();
+        let live: Live = sql::read_live(conn, live_request).await?;
+        let live_ms = started.elapsed().as_secs_f64() * 1e3;
         self.cache.apply(&live.log);
         let generation = live.log.generation;
         let q = job.q;
@@ -232,11 +235,36 @@ impl Engine {
         let mut have: BTreeMap<(i32, i64), Arc<Bucket>> = BTreeMap::new();
         let mut missing: Vec<(i32, i64)> = Vec::new();
         let mut bytes = 0usize;
+        // Pages and products older than the minute horizon have no minute
+        // rows: those minutes come from raw events, cached while no delta of
+        // theirs is pending (a pending delta means events the cached read
+        // may not hold; the raw read holds them, so their deltas are
+        // dropped from the merge).
+        let raw_before = live
+            .horizon
+            .filter(|_| job.shape.dimension != 0)
+            .map(|h| h.timestamp());
+        let pending: HashSet<i64> = live
+            .rows
+            .iter()
+            .filter(|r| r.delta)
+            .map(|r| r.t.timestamp())
+            .collect();
+        let raw_shape = Shape {
+            raw: true,
+            ..job.shape
+        };
+        let mut raw_minutes: HashSet<i64> = HashSet::new();
+        let mut raw_missing: Vec<i64> = Vec::new();
         for (resolution, list) in &mut needed {
             list.sort_unstable();
             list.dedup();
-            let (found, _) = self.cache.get(job.shape, *resolution, list, generation);
-            for (t, bucket) in list.iter().zip(found) {
+            let (raw, stored): (Vec<i64>, Vec<i64>) = match raw_before {
+                Some(h) if *resolution == 60 => list.iter().partition(|t| **t < h),
+                _ => (Vec::new(), std::mem::take(list)),
+            };
+            let (found, _) = self.cache.get(job.shape, *resolution, &stored, generation);
+            for (t, bucket) in stored.iter().zip(found) {
                 match bucket {
                     Some(b) => {
                         bytes += b.weight();
@@ -245,8 +273,44 @@ impl Engine {
                     None => missing.push((*resolution, *t)),
                 }
             }
+            if raw.is_empty() {
+                continue;
+            }
+            let (found, _) = self.cache.get(raw_shape, 60, &raw, generation);
+            for (t, bucket) in raw.iter().zip(found) {
+                raw_minutes.insert(*t);
+                match bucket {
+                    Some(b) if !pending.contains(t) => {
+                        bytes += b.weight();
+                        have.insert((60, *t), b);
+                    }
+                    _ => raw_missing.push(*t),
+                }
+            }
         }
-        let cache = if missing.is_empty() {
+        for (from, to) in minute_runs(&raw_missing) {
+            let rows = sql::read_raw_minutes(conn, live_request, from, to).await?;
+            let mut fetched: BTreeMap<i64, Bucket> =
+                rows.into_iter().map(|((_, t), b)| (t, b)).collect();
+            let mut keep = Vec::new();
+            let mut t = from.timestamp();
+            while t < to.timestamp() {
+                let bucket = Arc::new(
+                    fetched
+                        .remove(&t)
+                        .unwrap_or_else(|| empty_bucket(job.shape.sets)),
+                );
+                bytes += bucket.weight();
+                if !pending.contains(&t) {
+                    keep.push((t, bucket.clone()));
+                }
+                have.insert((60, t), bucket);
+                t += 60;
+            }
+            self.cache.put(raw_shape, 60, keep, generation);
+            self.check_budget(bytes, job.q)?;
+        }
+        let cache = if missing.is_empty() && raw_missing.is_empty() {
             CacheUse::Hit
         } else {
             CacheUse::Miss
@@ -293,8 +357,18 @@ impl Engine {
             let per_bucket = read_rows.div_ceil(read_buckets.max(1)).max(1);
             chunk = (CHUNK_ROWS / per_bucket).clamp(16, 4096);
         }
+        tracing::debug!(
+            live_ms,
+            live_rows = live.rows.len(),
+            buckets = have.len(),
+            missing = missing.len(),
+            first_missing = ?missing.first(),
+            read_ms = started.elapsed().as_secs_f64() * 1e3 - live_ms,
+            "rollup reads"
+        );
         Ok(Some(Merged {
             live,
+            raw_minutes,
             have,
             series_plan: series_plan.pieces,
             total_plan: total_plan.map(|p| p.pieces),
@@ -321,6 +395,7 @@ impl Engine {
         merged: Merged,
     ) -> Result<Answer> {
         let cache = merged.cache;
+        let started = std::time::Instant::now();
         let totals = if job.shape.sets {
             merge::set_totals(job, &merged)
         } else {
@@ -334,6 +409,10 @@ impl Engine {
             merge::count_series(job, &merged, &groups)
         };
         let series = merge::assemble(job, picked, values);
+        tracing::debug!(
+            merge_ms = started.elapsed().as_secs_f64() * 1e3,
+            "rollup merge"
+        );
         Ok(Answer {
             series,
             approximate: false,
@@ -355,6 +434,8 @@ struct Job<'a> {
 /// What the reads produced.
 struct Merged {
     live: Live,
+    /// Minutes read from raw events: their pending deltas are in them.
+    raw_minutes: HashSet<i64>,
     have: BTreeMap<(i32, i64), Arc<Bucket>>,
     series_plan: Vec<crate::domain::metric::Piece>,
     total_plan: Option<Vec<crate::domain::metric::Piece>>,
@@ -416,6 +497,14 @@ fn rows_of(bucket: &Bucket) -> usize {
         Bucket::Counts(c) => c.rows.len(),
         Bucket::Sets(s) => s.len(),
     }
+}
+
+/// Contiguous runs of minutes (Unix seconds, sorted) as `[from, to)`.
+fn minute_runs(minutes: &[i64]) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    runs(&minutes.iter().map(|t| (60, *t)).collect::<Vec<_>>())
+        .into_iter()
+        .map(|(_, from, to)| (from, to))
+        .collect()
 }
 
 /// Contiguous runs of buckets of one resolution, for `read_buckets`.
