@@ -53,6 +53,11 @@ USERS="${USERS:-100000}"
 PRELOAD_DAYS="${PRELOAD_DAYS:-7}"
 PRELOAD_SEED="${PRELOAD_SEED:-1}"
 MEASURE_SEED="${MEASURE_SEED:-2}"
+# 0: the measured events happen "now" (live traffic); 7: they are spread
+# over the same 7 days as the preload (a history import landing in hours and
+# days that already hold millions).
+MEASURE_DAYS="${MEASURE_DAYS:-0}"
+PAGES="${PAGES:-2000}"
 HALF_SEED="${HALF_SEED:-3}"
 GRPC_PORT="${GRPC_PORT:-50551}"
 HTTP_PORT="${HTTP_PORT:-8581}"
@@ -124,12 +129,12 @@ fi
 [ -x "$PULSE" ] || die "no pulse binary at $PULSE"
 
 # 2. The preload, in A, cloned to B.
-preload_dir="$WORKDIR/preload-n$PRELOAD-s$PRELOAD_SEED-u$USERS-d$PRELOAD_DAYS"
+preload_dir="$WORKDIR/preload-n$PRELOAD-s$PRELOAD_SEED-u$USERS-p$PAGES-d$PRELOAD_DAYS"
 if [ ! -f "$preload_dir/complete" ]; then
     log "writing $PRELOAD preload events over $PRELOAD_DAYS days to $preload_dir"
     rm -rf "$preload_dir"
     "$PULSE" loadgen --write-csv "$preload_dir" --events "$PRELOAD" --seed "$PRELOAD_SEED" \
-        --users "$USERS" --days "$PRELOAD_DAYS" --base-time "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        --users "$USERS" --pages "$PAGES" --days "$PRELOAD_DAYS" --base-time "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     touch "$preload_dir/complete"
 else
     log "reusing the preload CSVs in $preload_dir"
@@ -173,7 +178,7 @@ measure_dir="$WORKDIR/measure"
 log "writing $MEASURE measured events (seed $MEASURE_SEED, from $base_time) to $measure_dir"
 rm -rf "$measure_dir"
 "$PULSE" loadgen --write-csv "$measure_dir" --events "$MEASURE" --seed "$MEASURE_SEED" \
-    --users "$USERS" --days 0 --base-time "$base_time"
+    --users "$USERS" --pages "$PAGES" --days "$MEASURE_DAYS" --base-time "$base_time"
 
 log "psql \\copy of $MEASURE events into $DB_A"
 started="$(now)"
@@ -212,11 +217,21 @@ done
 [ -n "$ready" ] || die "pulse serve did not become ready in 20 s"
 
 log "pulse loadgen: the same $MEASURE events, flat out"
-loadgen=("$PULSE" loadgen --grpc-addr "http://$grpc_addr" --users "$USERS"
+loadgen=("$PULSE" loadgen --grpc-addr "http://$grpc_addr" --users "$USERS" --pages "$PAGES"
     --concurrency "$CONCURRENCY" --batch-size "$BATCH" --messages-per-stream "$MESSAGES_PER_STREAM")
-"${loadgen[@]}" --events "$MEASURE" --seed "$MEASURE_SEED" --days 0 --base-time "$base_time" \
+started="$(now)"
+"${loadgen[@]}" --events "$MEASURE" --seed "$MEASURE_SEED" --days "$MEASURE_DAYS" --base-time "$base_time" \
     | tee "$WORKDIR/loadgen-flat.out"
 grpc_s="$(result "$WORKDIR/loadgen-flat.out" wall_s)"
+# Acknowledged is durable; the rollups may still be folding the deltas
+# (queries count them either way). Report when the fold has caught up too.
+# (Every table named rollup_*deltas, whatever the build's schema.)
+pending_deltas="SELECT coalesce(sum((xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I', relname), false, true, '')))[1]::text::bigint), 0)
+                FROM pg_class WHERE relname LIKE 'rollup%deltas' AND relkind = 'r'"
+while [ "$(sql "$URL_B" "$pending_deltas")" != 0 ]; do
+    sleep 0.2
+done
+folded_s="$(elapsed "$started" "$(now)")"
 grpc_eps="$(result "$WORKDIR/loadgen-flat.out" events_per_s)"
 grpc_accepted="$(result "$WORKDIR/loadgen-flat.out" accepted)"
 
@@ -224,13 +239,14 @@ grpc_accepted="$(result "$WORKDIR/loadgen-flat.out" accepted)"
 summary="$WORKDIR/summary.txt"
 {
     echo
-    echo "Ingest of $MEASURE events with $PRELOAD already stored ($CONCURRENCY streams × $MESSAGES_PER_STREAM message(s) of $BATCH events)"
-    awk -v rows="$MEASURE" -v cs="$copy_s" -v gs="$grpc_s" -v acc="$grpc_accepted" 'BEGIN {
+    echo "Ingest of $MEASURE events with $PRELOAD already stored ($CONCURRENCY streams × $MESSAGES_PER_STREAM message(s) of $BATCH events; timestamps over $MEASURE_DAYS days)"
+    awk -v rows="$MEASURE" -v cs="$copy_s" -v gs="$grpc_s" -v acc="$grpc_accepted" -v fs="$folded_s" 'BEGIN {
         ce = rows / cs; ge = acc / gs
         printf "  %-16s %10s %10s %12s\n", "", "rows", "seconds", "events/s"
         printf "  %-16s %10d %10.2f %12.0f\n", "psql \\copy", rows, cs, ce
         printf "  %-16s %10d %10.2f %12.0f\n", "IngestEvents", acc, gs, ge
         printf "  IngestEvents / \\copy = %.1f %%  (target >= 90 %%)\n", 100 * ge / ce
+        printf "  rollups caught up %.2f s after the first event (%.0f events/s folded)\n", fs, acc / fs
     }'
 } | tee "$summary"
 

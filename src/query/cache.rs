@@ -187,7 +187,9 @@ struct Slot {
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<Key, Slot>,
+    /// Fx-hashed: a request looks up every bucket of its plan (1,440 for a
+    /// day of minutes), and the keys are small integers.
+    entries: rustc_hash::FxHashMap<Key, Slot>,
     bytes: usize,
     tick: u64,
     touches: Touches,

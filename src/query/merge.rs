@@ -183,16 +183,62 @@ fn visit_sets<'a>(
 }
 
 /// Distinct users per group over the whole range, from the coarsest plan.
+///
+/// When grouped, groups that cannot reach the top `limit` are left out
+/// before any union is computed: a group's union is at least its largest
+/// part and at most the sum of its parts, so with T the `limit`-th largest
+/// lower bound, every group of the true top `limit` (ties included) has an
+/// upper bound of at least T. Only those candidates are unioned: for 2,000
+/// pages, a few dozen.
 pub(super) fn set_totals(job: &Job<'_>, merged: &Merged) -> Vec<(u32, i128)> {
     let pieces = merged.total_plan.as_deref().unwrap_or(&merged.series_plan);
+    let bounds = std::cell::RefCell::new(FxHashMap::<u32, (u64, u64)>::default());
+    visit_sets(
+        job,
+        merged,
+        pieces,
+        |_, g, s| {
+            let n = s.len();
+            let mut b = bounds.borrow_mut();
+            let b = b.entry(g).or_default();
+            b.0 = b.0.max(n);
+            b.1 += n;
+        },
+        |_, g, _| {
+            let mut b = bounds.borrow_mut();
+            let b = b.entry(g).or_default();
+            b.0 = b.0.max(1);
+            b.1 += 1;
+        },
+    );
+    let bounds = bounds.into_inner();
+    let limit = job.q.limit as usize;
+    let candidates: Option<FxHashMap<u32, ()>> =
+        (job.q.group_by != Dimension::None && bounds.len() > limit).then(|| {
+            let mut lowers: Vec<u64> = bounds.values().map(|b| b.0).collect();
+            lowers.sort_unstable_by(|a, b| b.cmp(a));
+            let threshold = lowers[limit - 1];
+            bounds
+                .iter()
+                .filter(|(_, b)| b.1 >= threshold)
+                .map(|(g, _)| (*g, ()))
+                .collect()
+        });
+    let wanted = |g: u32| candidates.as_ref().is_none_or(|c| c.contains_key(&g));
     let totals = std::cell::RefCell::new(FxHashMap::<u32, RoaringTreemap>::default());
     visit_sets(
         job,
         merged,
         pieces,
-        |_, g, s| *totals.borrow_mut().entry(g).or_default() |= s,
+        |_, g, s| {
+            if wanted(g) {
+                *totals.borrow_mut().entry(g).or_default() |= s;
+            }
+        },
         |_, g, u| {
-            totals.borrow_mut().entry(g).or_default().insert(u);
+            if wanted(g) {
+                totals.borrow_mut().entry(g).or_default().insert(u);
+            }
         },
     );
     totals
