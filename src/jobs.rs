@@ -32,6 +32,7 @@ pub async fn fold_rollups(
     // A fold moves at most `FOLD_BATCH` rows per delta table; when it moved
     // that many, more are waiting (a backlog): fold again at once.
     let mut backlog = false;
+    let mut last_shrink = Instant::now();
     loop {
         if backlog {
             if shutdown.is_cancelled() {
@@ -50,6 +51,12 @@ pub async fn fold_rollups(
             let outcome = rollups::fold(&mut conn).await?;
             if outcome.delta_rows > 0 {
                 rollups::vacuum_deltas(&mut conn).await?;
+            }
+            // Once a backlog is gone, give its file space back (at most
+            // every 30 s: the check is cheap, the shrink is rare).
+            if outcome.ran && last_shrink.elapsed() > Duration::from_secs(30) {
+                last_shrink = Instant::now();
+                rollups::shrink_deltas(&mut conn).await?;
             }
             Ok::<_, crate::error::Error>(outcome)
         }

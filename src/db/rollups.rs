@@ -117,6 +117,38 @@ pub async fn vacuum_deltas(conn: &mut AsyncPgConnection) -> Result<()> {
     Ok(())
 }
 
+/// Shrinks a delta table whose file a backlog left large (a history import
+/// can leave hundreds of MB that every query's read of pending deltas
+/// scans, although the rows are gone): when the file is over 16 MB and
+/// holds under 50,000 live rows, they are copied aside, the table is
+/// truncated and the rows put back, in one short transaction. Its ACCESS
+/// EXCLUSIVE lock is waited for at most 50 ms (ingest and queries queue
+/// behind it meanwhile); if it is not granted (SQLSTATE 55P03, caught in
+/// the block), nothing happens until the next try.
+pub async fn shrink_deltas(conn: &mut AsyncPgConnection) -> Result<()> {
+    for table in ["rollup_count_deltas", "rollup_set_deltas"] {
+        // `table` is one of the two constants above, never input.
+        diesel::sql_query(format!(
+            "DO $$
+             BEGIN
+               IF pg_relation_size('{table}') > 16777216 THEN
+                 PERFORM set_config('lock_timeout', '50ms', true);
+                 LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;
+                 IF (SELECT count(*) FROM {table}) < 50000 THEN
+                   CREATE TEMP TABLE pulse_keep ON COMMIT DROP AS SELECT * FROM {table};
+                   TRUNCATE {table};
+                   INSERT INTO {table} SELECT * FROM pulse_keep;
+                 END IF;
+               END IF;
+             EXCEPTION WHEN lock_not_available THEN NULL;
+             END $$"
+        ))
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
 #[derive(QueryableByName)]
 struct TouchedMinute {
     #[diesel(sql_type = Timestamptz)]

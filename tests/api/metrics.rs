@@ -1261,3 +1261,63 @@ async fn a_request_over_the_memory_budget_is_refused_and_a_wide_top_10_fits_the_
     assert_eq!(r.series[0].points.len(), 1440);
     assert_eq!(r.series[0].points[0].value, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delta_table_left_large_by_a_backlog_is_shrunk_once_folded() {
+    use diesel_async::RunQueryDsl;
+    let app =
+        TestApp::spawn_with(|s| s.rollup_interval = std::time::Duration::from_secs(3600)).await;
+    let mut conn = app.db.connect().await;
+    // A backlog: 400,000 pending set deltas (about 20 MB of heap).
+    diesel::sql_query(
+        "INSERT INTO rollup_set_deltas (minute, dimension, value_id, event_type_id, user_id)
+         SELECT TIMESTAMPTZ '2026-01-05 00:00:00+00' + (i % 1000) * interval '1 minute', 0, 0, 1, i
+         FROM generate_series(1, 400000) AS i",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("backlog");
+    let size = async |conn: &mut diesel_async::AsyncPgConnection| -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct Size {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            bytes: i64,
+        }
+        let s: Size = diesel::sql_query("SELECT pg_relation_size('rollup_set_deltas') AS bytes")
+            .get_result(conn)
+            .await
+            .expect("size");
+        s.bytes
+    };
+    assert!(size(&mut conn).await > 16 << 20);
+    // Still holding rows: nothing is shrunk (the rows would be copied).
+    pulse::db::rollups::shrink_deltas(&mut conn)
+        .await
+        .expect("shrink");
+    assert!(size(&mut conn).await > 16 << 20);
+    while pulse::db::rollups::fold(&mut conn)
+        .await
+        .expect("fold")
+        .delta_rows
+        > 0
+    {}
+    pulse::db::rollups::shrink_deltas(&mut conn)
+        .await
+        .expect("shrink");
+    assert!(size(&mut conn).await < 1 << 20, "{}", size(&mut conn).await);
+    // The folded users are all there.
+    let r = get(
+        &app,
+        request(
+            Metric::UniqueUsers,
+            at(5, 0, 0, 0),
+            at(6, 0, 0, 0),
+            Granularity::Total,
+            None,
+            Dimension::Unspecified,
+            0,
+        ),
+    )
+    .await;
+    assert_eq!(r.series[0].total, 400_000.0);
+}
