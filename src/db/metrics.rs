@@ -35,7 +35,7 @@ use crate::domain::metric::{
     CountSeries, Dimension, Metric, MetricQuery, SeriesValues, TypeSelection,
 };
 use crate::error::{Error, Result};
-use crate::query::cache::{Bucket, CountRow, CountRows, FoldLog, Sales, SetRow, Touch};
+use crate::query::cache::{Bucket, CountRow, CountRows, FoldLog, Sales, SetRow, Touch, UserSet};
 
 /// Revenue as an exact integer count of 1/10,000 of the unit, as text (the
 /// column is numeric(30, 4)); NULL when zero.
@@ -423,7 +423,7 @@ pub async fn read_raw_minutes(
         .await?;
     let mut out: Vec<((i32, i64), Bucket)> = Vec::new();
     let mut bucket_at: HashMap<i64, usize> = HashMap::new();
-    let mut set_at: HashMap<(i64, i32, i16), usize> = HashMap::new();
+    let mut users: HashMap<(i64, i32, i16), RoaringTreemap> = HashMap::new();
     for row in rows {
         let (Some(t), Some(value_id), Some(type_id), Some(n)) =
             (row.t, row.value_id, row.type_id, row.n)
@@ -443,19 +443,13 @@ pub async fn read_raw_minutes(
             out.len() - 1
         });
         match &mut out[at].1 {
-            Bucket::Sets(sets) => {
-                let user = u64::try_from(n).unwrap_or(0);
-                let k = *set_at
-                    .entry((minute, value_id, type_id))
-                    .or_insert_with(|| {
-                        sets.push(SetRow {
-                            value_id,
-                            type_id,
-                            users: RoaringTreemap::new(),
-                        });
-                        sets.len() - 1
-                    });
-                sets[k].users.insert(user);
+            Bucket::Sets(_) => {
+                if let Ok(user) = u64::try_from(n) {
+                    users
+                        .entry((minute, value_id, type_id))
+                        .or_default()
+                        .insert(user);
+                }
             }
             Bucket::Counts(counts) => {
                 let sales = Sales {
@@ -472,6 +466,17 @@ pub async fn read_raw_minutes(
                     type_id,
                 });
             }
+        }
+    }
+    for ((minute, value_id, type_id), set) in users {
+        if let Some(&at) = bucket_at.get(&minute)
+            && let Bucket::Sets(sets) = &mut out[at].1
+        {
+            sets.push(SetRow {
+                value_id,
+                type_id,
+                users: UserSet::from_bitmap(set),
+            });
         }
     }
     Ok(out)
@@ -579,7 +584,7 @@ pub async fn read_buckets(
                 sets.push(SetRow {
                     value_id,
                     type_id,
-                    users,
+                    users: UserSet::from_bitmap(users),
                 });
             }
             Bucket::Counts(counts) => {

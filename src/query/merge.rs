@@ -11,7 +11,7 @@ use diesel_async::AsyncPgConnection;
 use roaring::RoaringTreemap;
 use rustc_hash::FxHashMap;
 
-use super::cache::{Bucket, Sales};
+use super::cache::{Bucket, Sales, UserSet};
 use super::names::Names;
 use super::{Job, Merged};
 use crate::db::metrics::LiveRow;
@@ -153,7 +153,7 @@ fn visit_sets<'a>(
     job: &Job<'_>,
     merged: &'a Merged,
     pieces: &'a [Piece],
-    mut set: impl FnMut(usize, u32, &'a RoaringTreemap),
+    mut set: impl FnMut(usize, u32, &'a UserSet),
     mut user: impl FnMut(usize, u32, u64),
 ) {
     let q = job.q;
@@ -232,7 +232,7 @@ pub(super) fn set_totals(job: &Job<'_>, merged: &Merged) -> Vec<(u32, i128)> {
         pieces,
         |_, g, s| {
             if wanted(g) {
-                *totals.borrow_mut().entry(g).or_default() |= s;
+                s.union_into(totals.borrow_mut().entry(g).or_default());
             }
         },
         |_, g, u| {
@@ -252,17 +252,21 @@ pub(super) fn set_totals(job: &Job<'_>, merged: &Merged) -> Vec<(u32, i128)> {
 /// whose size is known without copying it.
 enum Union<'a> {
     Empty,
-    One(&'a RoaringTreemap),
+    One(&'a UserSet),
     Many(RoaringTreemap),
 }
 
 impl<'a> Union<'a> {
-    fn add_set(&mut self, s: &'a RoaringTreemap) {
+    fn add_set(&mut self, s: &'a UserSet) {
         *self = match std::mem::replace(self, Union::Empty) {
             Union::Empty => Union::One(s),
-            Union::One(a) => Union::Many(a | s),
+            Union::One(a) => {
+                let mut m = a.to_bitmap();
+                s.union_into(&mut m);
+                Union::Many(m)
+            }
             Union::Many(mut m) => {
-                m |= s;
+                s.union_into(&mut m);
                 Union::Many(m)
             }
         };
@@ -271,7 +275,7 @@ impl<'a> Union<'a> {
     fn add_user(&mut self, u: u64) {
         let mut m = match std::mem::replace(self, Union::Empty) {
             Union::Empty => RoaringTreemap::new(),
-            Union::One(a) => a.clone(),
+            Union::One(a) => a.to_bitmap(),
             Union::Many(m) => m,
         };
         m.insert(u);
