@@ -10,7 +10,9 @@
 //! Retention never blocks ingest: each batch is one short statement that
 //! deletes at most `batch` events it could lock at once (`FOR UPDATE SKIP
 //! LOCKED`), together with their details, and takes only the row-exclusive
-//! table lock that inserts take too. Rollups are never touched.
+//! table lock that inserts take too. Rollups are never touched; what a
+//! minute of a page or product needs once its raw events are gone moves to
+//! the `retired_*` tables in the same statement.
 
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
@@ -87,6 +89,11 @@ pub async fn try_lock(conn: &mut AsyncPgConnection, key: i64) -> Result<bool> {
 /// statement. Rows another transaction holds are skipped, left for the next
 /// batch or run. `cutoff` is minute-aligned by the caller, so whole minutes
 /// go at once and every minute either has all its raw events or none.
+///
+/// The same statement moves the minute counts and users of the deleted
+/// pageviews and purchases, per page and product, into `retired_counts`
+/// and `retired_users`: minutes older than the minute horizon are read from
+/// raw events and those rows together (see that migration).
 pub async fn delete_expired_batch(
     conn: &mut AsyncPgConnection,
     cutoff: DateTime<Utc>,
@@ -96,12 +103,38 @@ pub async fn delete_expired_batch(
     // the statement can count them; the cascade then finds nothing left.
     let deleted: Deleted = diesel::sql_query(
         r#"WITH doomed AS (
-               SELECT event_id FROM events WHERE "timestamp" < $1
+               SELECT event_id, date_trunc('minute', "timestamp", 'UTC') AS minute, event_type_id, user_id
+               FROM events WHERE "timestamp" < $1
                LIMIT $2 FOR UPDATE SKIP LOCKED
            ),
-           pv AS (DELETE FROM pageviews p USING doomed d WHERE p.event_id = d.event_id RETURNING 1),
-           pu AS (DELETE FROM purchases p USING doomed d WHERE p.event_id = d.event_id RETURNING 1),
-           ev AS (DELETE FROM events e USING doomed d WHERE e.event_id = d.event_id RETURNING 1)
+           pv AS (DELETE FROM pageviews p USING doomed d WHERE p.event_id = d.event_id
+                  RETURNING d.minute, d.event_type_id, d.user_id, p.page_url),
+           pu AS (DELETE FROM purchases p USING doomed d WHERE p.event_id = d.event_id
+                  RETURNING d.minute, d.event_type_id, d.user_id, p.product_id, p.quantity, p.amount),
+           ev AS (DELETE FROM events e USING doomed d WHERE e.event_id = d.event_id RETURNING 1),
+           gone AS (
+               SELECT 1::int2 AS dimension, pv.minute, v.value_id, pv.event_type_id, pv.user_id,
+                      0 AS quantity, 0::numeric AS amount
+               FROM pv JOIN dimension_values v ON v.dimension = 1 AND v.value = pv.page_url
+               UNION ALL
+               SELECT 2::int2, pu.minute, v.value_id, pu.event_type_id, pu.user_id, pu.quantity, pu.amount
+               FROM pu JOIN dimension_values v ON v.dimension = 2 AND v.value = pu.product_id
+           ),
+           rc AS (
+               INSERT INTO retired_counts AS t (dimension, minute, value_id, event_type_id, events, quantity, revenue)
+               SELECT dimension, minute, value_id, event_type_id, count(*), sum(quantity), sum(amount)
+               FROM gone GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+               ON CONFLICT (dimension, minute, value_id, event_type_id) DO UPDATE
+                   SET events = t.events + EXCLUDED.events,
+                       quantity = t.quantity + EXCLUDED.quantity,
+                       revenue = t.revenue + EXCLUDED.revenue
+           ),
+           ru AS (
+               INSERT INTO retired_users (dimension, minute, value_id, event_type_id, user_id)
+               SELECT DISTINCT dimension, minute, value_id, event_type_id, user_id
+               FROM gone WHERE user_id IS NOT NULL ORDER BY 1, 2, 3, 4, 5
+               ON CONFLICT DO NOTHING
+           )
            SELECT (SELECT count(*) FROM ev) AS events,
                   (SELECT count(*) FROM pv) AS pageviews,
                   (SELECT count(*) FROM pu) AS purchases"#,

@@ -135,7 +135,9 @@ fn edge_sql(sets: bool, dimension: usize, range: &str, gate: &str) -> String {
 const MINUTE_OF: &str = r#"date_trunc('minute', e."timestamp", 'UTC')"#;
 
 /// Whole minutes `[$5, $6)` read from raw events (pages and products older
-/// than the minute horizon): one row per (minute, value, type[, user]).
+/// than the minute horizon), and from the rows retention moved out of them
+/// (`retired_counts`, `retired_users`) in the same snapshot: one row per
+/// (minute, value, type[, user]) of each source; the merge adds them up.
 /// Parameters as [`live_sql`]'s.
 fn raw_minutes_sql(sets: bool, dimension: usize) -> String {
     let body = edge_template(sets, dimension)
@@ -143,7 +145,22 @@ fn raw_minutes_sql(sets: bool, dimension: usize) -> String {
         .replace("{by}", &format!("{MINUTE_OF}, "))
         .replace("{range}", START_RANGE)
         .replace("{gate}", "");
-    format!("SELECT * FROM ({body}) AS x(part, t, value_id, type_id, n, quantity, revenue)")
+    let retired = if sets {
+        "SELECT 1, r.minute, r.value_id, r.event_type_id, r.user_id, NULL::int8, NULL::text
+         FROM retired_users r"
+    } else {
+        concat!(
+            "SELECT 1, r.minute, r.value_id, r.event_type_id, r.events, r.quantity, ",
+            revenue_text!("r.revenue"),
+            " FROM retired_counts r"
+        )
+    };
+    format!(
+        "SELECT * FROM ({body}) AS x(part, t, value_id, type_id, n, quantity, revenue)
+         UNION ALL
+         {retired} WHERE r.dimension = $1 AND r.minute >= $5 AND r.minute < $6
+           AND ($2::int4 IS NULL OR r.value_id = $2)"
+    )
 }
 
 /// `RAW_MINUTES[sets][dimension code]`.

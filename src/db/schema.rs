@@ -179,6 +179,42 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Pageviews per page and purchases per product per minute, of raw events deleted by retention (read with raw events for minutes older than the minute horizon).
+    retired_counts (dimension, minute, value_id, event_type_id) {
+        /// 1: pageviews by page; 2: purchases by product.
+        dimension -> Int2,
+        /// Start of the minute (UTC) the deleted events fell in.
+        minute -> Timestamptz,
+        /// The page or product (dimension_values.value_id).
+        value_id -> Int4,
+        /// The event type (event_types.event_type_id).
+        event_type_id -> Int2,
+        /// Number of deleted events.
+        events -> Int8,
+        /// Sum of purchased quantities (0 for pageviews).
+        quantity -> Int8,
+        /// Sum of purchase amounts, exact (0 for pageviews).
+        revenue -> Numeric,
+    }
+}
+
+diesel::table! {
+    /// The users behind retired_counts: one row per (minute, page or product, type, user) of raw events deleted by retention.
+    retired_users (dimension, minute, value_id, event_type_id, user_id) {
+        /// 1: pageviews by page; 2: purchases by product.
+        dimension -> Int2,
+        /// Start of the minute (UTC) the deleted events fell in.
+        minute -> Timestamptz,
+        /// The page or product (dimension_values.value_id).
+        value_id -> Int4,
+        /// The event type (event_types.event_type_id).
+        event_type_id -> Int2,
+        /// A user with at least one deleted event there (users.user_id).
+        user_id -> Int8,
+    }
+}
+
+diesel::table! {
     /// Events, purchased quantity and revenue per bucket, dimension value and event type (a rollup of events, pageviews and purchases). fillfactor 70: the rows of the current hour and day are updated by every fold and stay HOT.
     rollup_counts (resolution, dimension, bucket, value_id, event_type_id) {
         /// Bucket width in seconds: 60, 3600 or 86400.
@@ -281,6 +317,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     events,
     pageviews,
     purchases,
+    retired_counts,
+    retired_users,
     rollup_counts,
     rollup_folds,
     rollup_sets,
