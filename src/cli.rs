@@ -115,5 +115,5 @@ pub enum KeysAction {
 }
 
 fn parse_scope(text: &str) -> Result<Scope, String> {
-    Scope::parse(text).map_err(|e| e.to_string())
+    Scope::from_name(text).map_err(|e| e.to_string())
 }

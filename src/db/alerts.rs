@@ -89,7 +89,7 @@ impl<'a> From<&'a RuleSpec> for RuleValues<'a> {
     fn from(spec: &'a RuleSpec) -> Self {
         Self {
             name: &spec.name,
-            metric: metric_name(spec.metric),
+            metric: spec.metric.as_str(),
             filter_event_types: spec
                 .filter
                 .event_types
@@ -101,7 +101,7 @@ impl<'a> From<&'a RuleSpec> for RuleValues<'a> {
             filter_user_id: spec.filter.user_id.as_deref(),
             // Bounded by RuleSpec::parse far below i32::MAX.
             window_seconds: spec.window_seconds as i32,
-            comparison: comparison_name(spec.comparison),
+            comparison: spec.comparison.as_str(),
             threshold: spec.threshold,
             for_seconds: spec.for_seconds as i32,
             enabled: spec.enabled,
@@ -121,7 +121,7 @@ impl TryFrom<RuleRow> for AlertRule {
             revision: row.revision,
             spec: RuleSpec {
                 name: row.name,
-                metric: parse_metric(&row.metric)?,
+                metric: stored(Metric::parse(&row.metric), "metric", &row.metric)?,
                 filter: Filter {
                     event_types: row.filter_event_types.into_iter().flatten().collect(),
                     page_url: row.filter_page_url,
@@ -129,7 +129,11 @@ impl TryFrom<RuleRow> for AlertRule {
                     user_id: row.filter_user_id,
                 },
                 window_seconds: seconds(row.window_seconds, "window_seconds")?,
-                comparison: parse_comparison(&row.comparison)?,
+                comparison: stored(
+                    Comparison::parse(&row.comparison),
+                    "comparison",
+                    &row.comparison,
+                )?,
                 threshold: row.threshold,
                 for_seconds: seconds(row.for_seconds, "for_seconds")?,
                 enabled: row.enabled,
@@ -158,7 +162,7 @@ impl StateRow {
         Self {
             rule_id: state.rule_id,
             revision: state.revision,
-            state: phase_name(state.phase).to_owned(),
+            state: state.phase.as_str().to_owned(),
             since: state.since,
             seq,
             rule_name: state.rule_name.clone(),
@@ -174,12 +178,7 @@ impl TryFrom<StateRow> for StoredState {
     type Error = Error;
 
     fn try_from(row: StateRow) -> Result<Self> {
-        let phase = match row.state.as_str() {
-            "inactive" => Phase::Inactive,
-            "pending" => Phase::Pending,
-            "firing" => Phase::Firing,
-            other => return Err(Error::Internal(format!("unknown stored state `{other}`"))),
-        };
+        let phase = stored(Phase::parse(&row.state), "state", &row.state)?;
         Ok(StoredState {
             seq: row.seq,
             state: RuleState {
@@ -230,15 +229,11 @@ impl TryFrom<NotificationRow> for Notification {
     type Error = Error;
 
     fn try_from(row: NotificationRow) -> Result<Self> {
-        let state = match row.state.as_str() {
-            "firing" => NotificationState::Firing,
-            "resolved" => NotificationState::Resolved,
-            other => {
-                return Err(Error::Internal(format!(
-                    "unknown stored notification state `{other}`"
-                )));
-            }
-        };
+        let state = stored(
+            NotificationState::parse(&row.state),
+            "notification state",
+            &row.state,
+        )?;
         Ok(Notification {
             id: row.notification_id,
             rule_id: row.rule_id,
@@ -253,65 +248,10 @@ impl TryFrom<NotificationRow> for Notification {
     }
 }
 
-fn metric_name(metric: Metric) -> &'static str {
-    match metric {
-        Metric::Events => "events",
-        Metric::UniqueUsers => "unique_users",
-        Metric::Pageviews => "pageviews",
-        Metric::Purchases => "purchases",
-        Metric::Revenue => "revenue",
-        Metric::Quantity => "quantity",
-    }
-}
-
-fn parse_metric(name: &str) -> Result<Metric> {
-    Ok(match name {
-        "events" => Metric::Events,
-        "unique_users" => Metric::UniqueUsers,
-        "pageviews" => Metric::Pageviews,
-        "purchases" => Metric::Purchases,
-        "revenue" => Metric::Revenue,
-        "quantity" => Metric::Quantity,
-        other => return Err(Error::Internal(format!("unknown stored metric `{other}`"))),
-    })
-}
-
-fn comparison_name(comparison: Comparison) -> &'static str {
-    match comparison {
-        Comparison::GreaterThan => "gt",
-        Comparison::GreaterOrEqual => "ge",
-        Comparison::LessThan => "lt",
-        Comparison::LessOrEqual => "le",
-    }
-}
-
-fn parse_comparison(name: &str) -> Result<Comparison> {
-    Ok(match name {
-        "gt" => Comparison::GreaterThan,
-        "ge" => Comparison::GreaterOrEqual,
-        "lt" => Comparison::LessThan,
-        "le" => Comparison::LessOrEqual,
-        other => {
-            return Err(Error::Internal(format!(
-                "unknown stored comparison `{other}`"
-            )));
-        }
-    })
-}
-
-fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Inactive => "inactive",
-        Phase::Pending => "pending",
-        Phase::Firing => "firing",
-    }
-}
-
-fn notification_state_name(state: NotificationState) -> &'static str {
-    match state {
-        NotificationState::Firing => "firing",
-        NotificationState::Resolved => "resolved",
-    }
+/// A value read back from a `text` column the schema constrains to the
+/// enum's names: anything else is a corrupt row.
+fn stored<T>(parsed: Option<T>, what: &str, text: &str) -> Result<T> {
+    parsed.ok_or_else(|| Error::Internal(format!("unknown stored {what} `{text}`")))
 }
 
 fn rule_not_found(id: Uuid) -> Error {
@@ -514,7 +454,7 @@ async fn insert_notification(
         .values(NewNotificationRow {
             rule_id: n.rule_id,
             rule_name: &n.rule_name,
-            state: notification_state_name(n.state),
+            state: n.state.as_str(),
             value: n.value,
             threshold: n.threshold,
             window_start: n.window_start,

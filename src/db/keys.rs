@@ -92,7 +92,7 @@ pub async fn active(conn: &mut AsyncPgConnection) -> Result<Vec<ActiveKey>> {
                 .map_err(|_| Error::Internal(format!("api key {id} has a malformed hash")))?;
             Ok(ActiveKey {
                 id,
-                scope: Scope::parse(&scope)?,
+                scope: Scope::from_name(&scope)?,
                 hash,
             })
         })

@@ -30,13 +30,14 @@ pub const MAX_WINDOW_SECONDS: u32 = 31 * 86_400;
 /// Longest pending period: 7 days.
 pub const MAX_FOR_SECONDS: u32 = 7 * 86_400;
 
-/// How a value is compared with the threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Comparison {
-    GreaterThan,
-    GreaterOrEqual,
-    LessThan,
-    LessOrEqual,
+named_enum! {
+    /// How a value is compared with the threshold.
+    pub enum Comparison {
+        GreaterThan = "gt",
+        GreaterOrEqual = "ge",
+        LessThan = "lt",
+        LessOrEqual = "le",
+    }
 }
 
 impl Comparison {
@@ -219,15 +220,16 @@ pub struct AlertRule {
     pub spec: RuleSpec,
 }
 
-/// Where a rule is in its state machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// The condition does not hold (or the rule is disabled).
-    Inactive,
-    /// The condition holds, for less than `for_seconds` so far.
-    Pending,
-    /// The condition has held for `for_seconds`; a FIRING was sent.
-    Firing,
+named_enum! {
+    /// Where a rule is in its state machine.
+    pub enum Phase {
+        /// The condition does not hold (or the rule is disabled).
+        Inactive = "inactive",
+        /// The condition holds, for less than `for_seconds` so far.
+        Pending = "pending",
+        /// The condition has held for `for_seconds`; a FIRING was sent.
+        Firing = "firing",
+    }
 }
 
 /// One evaluation: the metric's value over `[window_start, window_end)`.
@@ -292,11 +294,12 @@ pub fn advance(
     }
 }
 
-/// FIRING or RESOLVED.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NotificationState {
-    Firing,
-    Resolved,
+named_enum! {
+    /// FIRING or RESOLVED.
+    pub enum NotificationState {
+        Firing = "firing",
+        Resolved = "resolved",
+    }
 }
 
 /// A notification before storage gives it an id.

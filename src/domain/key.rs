@@ -17,37 +17,24 @@ pub const KEY_PREFIX: &str = "pulse_";
 /// The SHA-256 of a key string: what the database and the servers hold.
 pub type KeyHash = [u8; 32];
 
-/// What a key may call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scope {
-    /// `IngestService` only.
-    Ingest,
-    /// `QueryService` and the dashboard's JSON API.
-    Query,
-    /// Everything: alert rules, `WatchAlerts`, and what the others may call.
-    Admin,
+named_enum! {
+    /// What a key may call. The names are stored in `api_keys.scope`.
+    pub enum Scope {
+        /// `IngestService` only.
+        Ingest = "ingest",
+        /// `QueryService` and the dashboard's JSON API.
+        Query = "query",
+        /// Everything: alert rules, `WatchAlerts`, and what the others may call.
+        Admin = "admin",
+    }
 }
 
 impl Scope {
-    /// The spelling stored in `api_keys.scope` and shown to people.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Ingest => "ingest",
-            Scope::Query => "query",
-            Scope::Admin => "admin",
-        }
-    }
-
-    /// Parses the stored spelling.
-    pub fn parse(text: &str) -> Result<Self> {
-        match text {
-            "ingest" => Ok(Scope::Ingest),
-            "query" => Ok(Scope::Query),
-            "admin" => Ok(Scope::Admin),
-            other => Err(Error::InvalidArgument(format!(
-                "scope `{other}` is not one of ingest, query, admin"
-            ))),
-        }
+    /// Parses a scope, with an error that lists the scopes.
+    pub fn from_name(text: &str) -> Result<Self> {
+        Self::parse(text).ok_or_else(|| {
+            Error::InvalidArgument(format!("scope `{text}` is not one of {}", Self::names()))
+        })
     }
 
     /// True when a key of this scope may call what `required` guards.
@@ -144,8 +131,8 @@ mod tests {
     #[test]
     fn scopes_round_trip() {
         for scope in [Scope::Ingest, Scope::Query, Scope::Admin] {
-            assert_eq!(Scope::parse(scope.as_str()).unwrap(), scope);
+            assert_eq!(Scope::parse(scope.as_str()), Some(scope));
         }
-        assert!(Scope::parse("root").is_err());
+        assert!(Scope::from_name("root").is_err());
     }
 }

@@ -43,22 +43,27 @@ pub fn ceil_to(t: DateTime<Utc>, seconds: i32) -> DateTime<Utc> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Metric {
-    Events,
-    UniqueUsers,
-    Pageviews,
-    Purchases,
-    Revenue,
-    Quantity,
+named_enum! {
+    /// What GetMetrics counts.
+    pub enum Metric {
+        Events = "events",
+        UniqueUsers = "unique_users",
+        Pageviews = "pageviews",
+        Purchases = "purchases",
+        Revenue = "revenue",
+        Quantity = "quantity",
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Granularity {
-    Minute,
-    Hour,
-    Day,
-    Total,
+named_enum! {
+    /// The width of output buckets.
+    pub enum Granularity {
+        Minute = "minute",
+        Hour = "hour",
+        Day = "day",
+        /// One bucket over the whole range.
+        Total = "total",
+    }
 }
 
 impl Granularity {
@@ -73,12 +78,14 @@ impl Granularity {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Dimension {
-    None,
-    EventType,
-    PageUrl,
-    ProductId,
+named_enum! {
+    /// What series are grouped by; also the dimensions rollups are kept for.
+    pub enum Dimension {
+        None = "none",
+        EventType = "event_type",
+        PageUrl = "page_url",
+        ProductId = "product_id",
+    }
 }
 
 /// Which events count. Empty fields do not filter.
