@@ -430,7 +430,7 @@ pub struct ServeSettings {
     pub dashboard: DashboardSettings,
 
     /// PostgreSQL URL of a streaming replica for GetMetrics reads (none:
-    /// every read goes to the primary). See ARCHITECTURE.md "Read replica".
+    /// every read goes to the primary). See docs/internals.md "Read replica".
     #[arg(
         long = "read-database-url",
         env = "PULSE_READ_DATABASE_URL",

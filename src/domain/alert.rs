@@ -376,7 +376,7 @@ pub struct TickPlan {
 ///   they belong to): a RESOLVED caused by an edit, by disabling or by
 ///   deletion carries the last value seen, or the stored one.
 ///
-/// Semantics decided here (and documented in ARCHITECTURE.md):
+/// Semantics decided here (and documented in docs/internals.md "Alerts"):
 /// * a state of another revision (the rule was edited, enabled or
 ///   disabled) is reset: a firing alert is RESOLVED, a pending one cleared;
 ///   the rule then starts over from inactive in the same tick;

@@ -358,7 +358,7 @@ pub enum TypeSelection {
 }
 
 /// The data an answer is computed from. Documented in ARCHITECTURE.md
-/// ("The path of a GetMetrics call").
+/// ("The path of a query").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     /// No event can match the filter: zeros, no I/O.

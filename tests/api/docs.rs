@@ -35,6 +35,12 @@ fn the_readme_is_small_and_every_link_stays_inside_the_repository() {
         "README.md is {} bytes; the front door stays under 10 KB (details go to docs/)",
         readme.len()
     );
+    let architecture = read(&repo().join("ARCHITECTURE.md"));
+    assert!(
+        architecture.len() <= 15 * 1024,
+        "ARCHITECTURE.md is {} bytes; it stays under 15 KB (depth goes to docs/internals.md)",
+        architecture.len()
+    );
     for file in documents() {
         let text = read(&file);
         let name = file.strip_prefix(repo()).unwrap().display().to_string();
