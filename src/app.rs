@@ -33,6 +33,7 @@ use crate::http::{self, HttpState};
 use crate::limits::KeyLimits;
 use crate::listen::{self, TrackLayer, Tracker};
 use crate::query::Engine;
+use crate::supervise::Tasks;
 use crate::telemetry::Metrics;
 use crate::tls::TlsFiles;
 
@@ -152,6 +153,7 @@ impl App {
         let grpc_addr = grpc_listener.local_addr().ok();
         let http_addr = http_listener.local_addr().ok();
         let stop = CancellationToken::new();
+        let mut tasks = Tasks::default();
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         // Nothing is SERVING until the first database probe says so.
@@ -160,31 +162,43 @@ impl App {
                 .set_service_status(service, ServingStatus::NotServing)
                 .await;
         }
-        let health_task = tokio::spawn(db::health::watch_database(
-            settings.database.url.clone(),
-            reporter,
-            metrics.clone(),
-            settings.health_interval,
-            stop.clone(),
-        ));
+        tasks.spawn(
+            "health",
+            db::health::watch_database(
+                settings.database.url.clone(),
+                reporter,
+                metrics.clone(),
+                settings.health_interval,
+                stop.clone(),
+            ),
+        );
 
-        let keys_task = tokio::spawn(keys.clone().run(
-            pools.background.clone(),
-            settings.key_refresh_interval,
-            stop.clone(),
-        ));
-        let fold_task = tokio::spawn(crate::jobs::fold_rollups(
-            pools.background.clone(),
-            metrics.clone(),
-            settings.rollup_interval,
-            stop.clone(),
-        ));
-        let maintenance_task = tokio::spawn(crate::jobs::maintenance(
-            settings.database.url.clone(),
-            settings.maintenance.clone(),
-            metrics.clone(),
-            stop.clone(),
-        ));
+        tasks.spawn(
+            "keys",
+            keys.clone().run(
+                pools.background.clone(),
+                settings.key_refresh_interval,
+                stop.clone(),
+            ),
+        );
+        tasks.spawn(
+            "fold",
+            crate::jobs::fold_rollups(
+                pools.background.clone(),
+                metrics.clone(),
+                settings.rollup_interval,
+                stop.clone(),
+            ),
+        );
+        tasks.spawn(
+            "maintenance",
+            crate::jobs::maintenance(
+                settings.database.url.clone(),
+                settings.maintenance.clone(),
+                metrics.clone(),
+                stop.clone(),
+            ),
+        );
         // Reads go to the replica once it has replayed this instance's last
         // write (see db/replica.rs).
         let write_lsn = read_pool.as_ref().map(|_| Arc::new(WriteLsn::default()));
@@ -208,7 +222,8 @@ impl App {
             let mut conn = db::connection(&pools.background).await?;
             db::alerts::last_notification_id(&mut conn).await?
         };
-        let feed_task = tokio::spawn(
+        tasks.spawn(
+            "alert feed",
             hub.clone()
                 .listen(settings.database.url.clone(), feed_start),
         );
@@ -217,17 +232,20 @@ impl App {
             settings.query_cache_bytes,
             settings.query_memory_bytes,
         ));
-        let evaluator_task = tokio::spawn(crate::alerts::evaluator::run(
-            EvaluatorSettings {
-                database_url: settings.database.url.clone(),
-                interval: settings.alert_interval,
-                clock: settings.alert_clock.clone(),
-            },
-            pools.background.clone(),
-            query_cache.clone(),
-            metrics.clone(),
-            stop.clone(),
-        ));
+        tasks.spawn(
+            "alert evaluator",
+            crate::alerts::evaluator::run(
+                EvaluatorSettings {
+                    database_url: settings.database.url.clone(),
+                    interval: settings.alert_interval,
+                    clock: settings.alert_clock.clone(),
+                },
+                pools.background.clone(),
+                query_cache.clone(),
+                metrics.clone(),
+                stop.clone(),
+            ),
+        );
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -350,7 +368,10 @@ impl App {
         let grpc_task = tokio::spawn(grpc);
         let http_task = tokio::spawn(http);
 
-        shutdown.await;
+        let failure = tokio::select! {
+            () = shutdown => None,
+            exit = tasks.first_failure(&metrics) => Some(exit),
+        };
         tracing::info!("shutting down: no new calls, finishing in-flight ones");
         stop.cancel();
 
@@ -361,17 +382,15 @@ impl App {
             (grpc_result, http_result)
         })
         .await;
-        let _ = health_task.await;
-        let _ = keys_task.await;
-        let _ = fold_task.await;
-        let _ = maintenance_task.await;
-        let _ = evaluator_task.await;
-        let _ = feed_task.await;
+        tasks.join_all().await;
         pools.ingest.close();
         pools.query.close();
         pools.background.close();
         if let Some(read_pool) = read_pool {
             read_pool.close();
+        }
+        if let Some(exit) = failure {
+            return Err(Error::Internal(exit.to_string()));
         }
         match drained {
             Ok((Ok(Ok(())), Ok(Ok(())))) => {

@@ -97,6 +97,9 @@ pub async fn maintenance(
         retention(&database_url, &settings, &metrics, &shutdown),
         vacuum(&database_url, &settings, &metrics, &shutdown),
     );
+    // With both jobs off the task still lives until shutdown: ending
+    // earlier would read as a failure (`supervise`).
+    shutdown.cancelled().await;
 }
 
 /// Deletes expired raw events every `retention_interval`, if retention is on.

@@ -16,7 +16,8 @@
 //! * [`query`] answers metric queries for every transport: the plan, the
 //!   bucket cache, the merge into ranked series.
 //! * [`bench`] is `pulse bench-queries`, the GetMetrics latency benchmark.
-//! * [`jobs`] are background loops of `serve` (rollup folding).
+//! * [`jobs`] are background loops of `serve` (rollup folding, retention,
+//!   VACUUM); [`supervise`] stops the process when one of them ends early.
 //! * [`alerts`] runs alerting inside `serve`: the evaluator (one instance
 //!   at a time) and the hub that streams notifications to subscribers.
 //! * [`auth`] is API-key authentication and [`limits`] the per-key rate
@@ -51,6 +52,7 @@ pub mod listen;
 pub mod loadgen;
 pub mod query;
 pub mod redact;
+pub mod supervise;
 pub mod telemetry;
 pub mod text;
 pub mod tls;

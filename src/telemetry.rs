@@ -105,6 +105,11 @@ pub struct JobNameLabels {
     pub job: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub task: String,
+}
+
 /// Labels of a listener (`grpc`, `http`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
@@ -168,6 +173,7 @@ pub struct Metrics {
     pub retention_deleted_rows: Family<TableLabels, Counter>,
     pub replica_reads: Family<OutcomeLabels, Counter>,
     pub queries_over_budget: Counter,
+    pub background_task_exits: Family<TaskLabels, Counter>,
     pub connections_open: Family<ListenerLabels, Gauge>,
     pub connections_accepted: Family<ListenerLabels, Counter>,
     pub connections_closed: Family<CloseLabels, Counter>,
@@ -342,6 +348,12 @@ impl Metrics {
             "GetMetrics answers and dashboard reads cancelled past the query budget (--db-query-timeout) and refused with RESOURCE_EXHAUSTED",
             queries_over_budget.clone(),
         );
+        let background_task_exits = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "background_task_exits",
+            "Background tasks of serve that ended before shutdown (the process then stops), by task",
+            background_task_exits.clone(),
+        );
         let connections_open = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "connections_open",
@@ -432,6 +444,7 @@ impl Metrics {
             retention_deleted_rows,
             replica_reads,
             queries_over_budget,
+            background_task_exits,
             connections_open,
             connections_accepted,
             connections_closed,
