@@ -362,10 +362,10 @@ def run_like_compose(binary: Path, runtime: dict, services: dict) -> None:
             fail(f"`serve` on 0.0.0.0 before any key should stop with the refusal:\n{early.stderr}")
         ok("no key, no start", "serve on 0.0.0.0 refuses until `init` has made a key (no silent exposure)")
         first = run_once("init")
-        if first.returncode != 0 or "created API key" not in first.stdout:
+        if first.returncode != 0 or "created API key" not in first.stdout + first.stderr:
             fail(f"`init` did not create a key:\n{first.stdout}{first.stderr}")
         second = run_once("init")
-        if second.returncode != 0 or "none created" not in second.stdout:
+        if second.returncode != 0 or "none created" not in second.stdout + second.stderr:
             fail(f"a second `init` (every later `up`) must create nothing and succeed:\n{second.stdout}{second.stderr}")
         ok("init", "creates the first admin key once, then nothing; exits 0 both times")
 
