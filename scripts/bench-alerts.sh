@@ -49,7 +49,7 @@ count1="$(metric pulse_alert_evaluation_duration_seconds_count)"
 kill "$live" 2>/dev/null || true
 awk -v r="$RULES" -v l="$LIVE_RATE" -v s0="$sum0" -v s1="$sum1" -v c0="$count0" -v c1="$count1" -v t="$SECONDS_RUN" 'BEGIN {
     n = c1 - c0
-    printf "%d distinct rules, %d events/s live: %d ticks in %d s, mean tick %.0f ms\n", r, l, n, t, n > 0 ? 1000 * (s1 - s0) / n : 0
+    printf "%d distinct rules, %d events/s live: %d ticks in %d s, mean tick %.0f ms\n", r, l, n, t, (n > 0 ? 1000 * (s1 - s0) / n : 0)
 }'
 echo "deleting the rules" >&2
 for id in "${ids[@]}"; do

@@ -84,13 +84,13 @@ for build in new old; do
 
     # 1. Wide pages.
     start "$bin" "pulse_mem_${build}_pages"
-    "$bin" loadgen --grpc-addr "http://$GRPC" --events "$EVENTS" --pages "$PAGES_WIDE" --zipf-exponent 0.5 \
+    "$NEW_BIN" loadgen --grpc-addr "http://$GRPC" --events "$EVENTS" --pages "$PAGES_WIDE" --zipf-exponent 0.5 \
         --days 1 --batch-size 1000 >/dev/null 2>&1
     sleep 2
     before="$(field_mb "$SERVER_PID" VmRSS)"
     started="$(date +%s.%N)"
     out="$(grpcurl -plaintext -max-msg-sz 100000000 -d "{\"metric\":\"METRIC_PAGEVIEWS\",\"start\":\"$(ago_iso '-24 hours')\",\"end\":\"$(now_iso)\",\"granularity\":\"GRANULARITY_MINUTE\",\"group_by\":\"DIMENSION_PAGE_URL\",\"limit\":10}" \
-        "$GRPC" pulse.v1.QueryService/GetMetrics 2>&1 | head -c 300 | tr '\n' ' ' | cut -c1-60)"
+        "$GRPC" pulse.v1.QueryService/GetMetrics 2>&1 | { head -c 300; cat >/dev/null; } | tr '\n' ' ' | cut -c1-60)"
     secs="$(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f s", e - s}')"
     record "$build" "top-10 pages/min, 24 h, $PAGES_WIDE pages (gRPC)" "$before" "$(field_mb "$SERVER_PID" VmHWM)" "$(field_mb "$SERVER_PID" VmRSS)" "$secs  ${out:0:40}"
     started="$(date +%s.%N)"
@@ -101,13 +101,13 @@ for build in new old; do
 
     # 2. Wide event types.
     start "$bin" "pulse_mem_${build}_types"
-    "$bin" loadgen --grpc-addr "http://$GRPC" --events "$EVENTS" --event-types "$TYPES_WIDE" \
+    "$NEW_BIN" loadgen --grpc-addr "http://$GRPC" --events "$EVENTS" --event-types "$TYPES_WIDE" \
         --days 1 --batch-size 1000 >/dev/null 2>&1 || true
     sleep 2
     before="$(field_mb "$SERVER_PID" VmRSS)"
     started="$(date +%s.%N)"
     out="$(grpcurl -plaintext -max-msg-sz 100000000 -d "{\"metric\":\"METRIC_EVENTS\",\"start\":\"$(ago_iso '-24 hours')\",\"end\":\"$(now_iso)\",\"granularity\":\"GRANULARITY_MINUTE\",\"group_by\":\"DIMENSION_EVENT_TYPE\",\"limit\":10}" \
-        "$GRPC" pulse.v1.QueryService/GetMetrics 2>&1 | head -c 300 | tr '\n' ' ' | cut -c1-60)"
+        "$GRPC" pulse.v1.QueryService/GetMetrics 2>&1 | { head -c 300; cat >/dev/null; } | tr '\n' ' ' | cut -c1-60)"
     secs="$(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f s", e - s}')"
     record "$build" "events/min by type, 24 h, $TYPES_WIDE types" "$before" "$(field_mb "$SERVER_PID" VmHWM)" "$(field_mb "$SERVER_PID" VmRSS)" "$secs  ${out:0:40}"
     stop
@@ -116,7 +116,7 @@ for build in new old; do
     start "$bin" "pulse_mem_${build}_big"
     before="$(field_mb "$SERVER_PID" VmRSS)"
     started="$(date +%s.%N)"
-    "$bin" loadgen --grpc-addr "http://$GRPC" --events 72000 --data-bytes 8000 --batch-size 450 \
+    "$NEW_BIN" loadgen --grpc-addr "http://$GRPC" --events 72000 --data-bytes 8000 --batch-size 450 \
         --messages-per-stream 10 --concurrency 8 >"$WORKDIR/mem-big.out" 2>&1 || true
     secs="$(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f s", e - s}')"
     sleep 2

@@ -77,6 +77,9 @@ pub struct ValidEvent {
     pub user_id: Option<String>,
     pub data: Option<serde_json::Value>,
     pub detail: Detail,
+    /// About how many bytes the event is (its `data` as JSON and its
+    /// strings): the writer bounds a batch by it.
+    pub size: usize,
 }
 
 /// What a pageview or purchase adds to its event.
@@ -172,9 +175,12 @@ pub fn validate(
         Some(raw.user_id)
     };
 
-    let data = match raw.data {
-        None => None,
-        Some(value) => Some(check_data(value, limits.max_data_bytes)?),
+    let (data, data_size) = match raw.data {
+        None => (None, 0),
+        Some(value) => {
+            let (value, size) = check_data(value, limits.max_data_bytes)?;
+            (Some(value), size)
+        }
     };
 
     let detail = match (event_type.as_str(), raw.detail) {
@@ -241,6 +247,15 @@ pub fn validate(
         }
     };
 
+    let size = data_size
+        + event_type.len()
+        + user_id.as_ref().map_or(0, String::len)
+        + match &detail {
+            Detail::None => 0,
+            Detail::Pageview { page_url } => page_url.len(),
+            Detail::Purchase { product_id, .. } => product_id.len() + 16,
+        }
+        + 64;
     Ok(ValidEvent {
         event_id,
         event_type,
@@ -248,6 +263,7 @@ pub fn validate(
         user_id,
         data,
         detail,
+        size,
     })
 }
 
@@ -318,7 +334,11 @@ fn check_string(field: &'static str, value: &str, limit: usize) -> Result<(), Re
     Ok(())
 }
 
-fn check_data(value: serde_json::Value, limit: usize) -> Result<serde_json::Value, Rejection> {
+/// The checked `data` and its size as JSON.
+fn check_data(
+    value: serde_json::Value,
+    limit: usize,
+) -> Result<(serde_json::Value, usize), Rejection> {
     if !value.is_object() {
         return Err(Rejection::new("data", "data must be a JSON object"));
     }
@@ -363,7 +383,7 @@ fn check_data(value: serde_json::Value, limit: usize) -> Result<serde_json::Valu
             format!("data is {size} bytes as JSON; the limit is {limit}"),
         ));
     }
-    Ok(value)
+    Ok((value, size))
 }
 
 /// Parses a money amount: plain decimal digits with an optional point and

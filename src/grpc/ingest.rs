@@ -36,6 +36,10 @@ use crate::telemetry::Metrics;
 
 /// Most events the writer coalesces into one statement.
 const MAX_BATCH_EVENTS: usize = 5_000;
+/// Most bytes (`ValidEvent::size`) the writer coalesces into one statement:
+/// 5,000 events of 8 KB would be 40 MB held, and bound again as SQL
+/// parameters, per stream. One message is never split.
+const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Most users in one UpsertUsers request.
 pub const MAX_USERS_PER_REQUEST: usize = 10_000;
 
@@ -104,9 +108,13 @@ async fn write_loop(
         if cut.is_cancelled() {
             return Err(Error::Unauthenticated("the stream was cut".into()));
         }
-        while batch.len() < MAX_BATCH_EVENTS {
+        let mut bytes: usize = batch.iter().map(|e| e.size).sum();
+        while batch.len() < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
             match batches.try_recv() {
-                Ok(more) => batch.extend(more),
+                Ok(more) => {
+                    bytes += more.iter().map(|e| e.size).sum::<usize>();
+                    batch.extend(more);
+                }
                 Err(_) => break,
             }
         }
