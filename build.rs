@@ -16,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
 
     tonic_prost_build::configure()
+        // Invalid protobuf is the client's input: INVALID_ARGUMENT, decided
+        // where decoding fails (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::ContractCodec")
         .file_descriptor_set_path(out_dir.join("pulse_descriptor.bin"))
         .compile_protos(
             &[

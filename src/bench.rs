@@ -240,7 +240,7 @@ async fn measure(
             client
                 .get_metrics(request)
                 .await
-                .map_err(|s| Error::Internal(format!("{}: {s}", case.name)))?;
+                .map_err(|s| Error::internal(case.name, s))?;
             times.push(started.elapsed());
         }
         times.sort();
@@ -253,7 +253,7 @@ async fn measure(
 async fn connect(addr: &str) -> Result<QueryServiceClient<Channel>> {
     QueryServiceClient::connect(addr.to_owned())
         .await
-        .map_err(|e| Error::Unavailable(format!("cannot reach {addr}: {e}")))
+        .map_err(|e| Error::unavailable(format!("cannot reach {addr}"), e))
 }
 
 fn mem_text(m: Option<(f64, f64)>) -> String {
@@ -273,7 +273,7 @@ pub async fn run(settings: BenchQueriesSettings) -> Result<()> {
         Some(
             AsyncPgConnection::establish(&settings.database_url)
                 .await
-                .map_err(|e| Error::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?,
+                .map_err(|e| Error::unavailable("cannot connect to PostgreSQL", e))?,
         )
     };
     println!(

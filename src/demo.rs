@@ -117,14 +117,12 @@ const PAGES: u64 = 120;
 const PRODUCTS: u64 = 60;
 
 /// `pulse demo`: runs until Ctrl-C (or `--duration` after the backfill).
-pub async fn run(settings: DemoSettings) -> Result<()> {
+pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
     if !(settings.rate.is_finite() && settings.rate > 0.0) {
-        return Err(Error::InvalidArgument("--rate must be above 0".into()));
+        anyhow::bail!("--rate must be above 0");
     }
     if settings.day_length.is_zero() {
-        return Err(Error::InvalidArgument(
-            "--day-length must be above 0".into(),
-        ));
+        anyhow::bail!("--day-length must be above 0");
     }
     let mut serve = ServeSettings::for_database(&settings.database_url);
     serve.grpc_addr = settings.grpc_addr;
@@ -136,10 +134,10 @@ pub async fn run(settings: DemoSettings) -> Result<()> {
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run(stop.clone().cancelled_owned()));
     let channel = Endpoint::from_shared(format!("http://{grpc_addr}"))
-        .map_err(|e| Error::Internal(format!("endpoint: {e}")))?
+        .map_err(|e| Error::internal("endpoint", e))?
         .connect()
         .await
-        .map_err(|e| Error::Unavailable(format!("cannot reach the demo server: {e}")))?;
+        .map_err(|e| Error::unavailable("cannot reach the demo server", e))?;
 
     println!("Pulse demo");
     println!("  dashboard  http://{http_addr}/");
@@ -190,8 +188,9 @@ pub async fn run(settings: DemoSettings) -> Result<()> {
     stop.cancel();
     let served = server
         .await
-        .map_err(|e| Error::Internal(format!("demo server task: {e}")))?;
-    outcome.and(served)
+        .map_err(|e| Error::internal("demo server task", e))?;
+    outcome?;
+    served
 }
 
 /// A wildcard listener is reached through loopback.
@@ -311,11 +310,7 @@ async fn create_rules(channel: &Channel, rate: f64) -> Result<()> {
 }
 
 fn status_error(status: tonic::Status) -> Error {
-    Error::Unavailable(format!(
-        "demo call failed: {:?} {}",
-        status.code(),
-        status.message()
-    ))
+    Error::Unavailable(format!("demo call failed: {:?} {}", status.code(), status.message()).into())
 }
 
 /// True when the last 8 days hold no event.

@@ -1,50 +1,187 @@
-//! The error policy: one error type, [`Error`], that every layer returns
-//! upward, and one mapping from it to a gRPC code and an HTTP status.
+//! The error policy: one error type, [`Error`], that every request path
+//! returns upward, and one mapping from it to a gRPC code, an HTTP status
+//! and the code's name.
 //!
 //! * Domain code (`domain/`) reports invalid input as [`Error::InvalidArgument`]
 //!   with a message a person can act on; it never sees tonic or diesel.
-//! * Storage code (`db/`) converts diesel and pool errors with `From`: a
-//!   missing row becomes `NotFound`, a pool timeout or a closed connection
-//!   becomes `Unavailable` (the client may retry), anything else `Internal`.
+//! * Storage code (`db/`) converts diesel and pool errors with `From`,
+//!   classified by what diesel knows of the SQLSTATE (below): a missing row
+//!   becomes `NotFound`, a lost connection or a server going down becomes
+//!   `Unavailable` (the client may retry), anything else `Internal`. The
+//!   database error stays attached as the [`source`](std::error::Error::source).
 //! * Transport code (`grpc/`, `http/`) converts [`Error`] into `tonic::Status`
 //!   or an HTTP response at the last moment and logs nothing itself: the
 //!   per-RPC log line records the status once, where the call ends.
+//! * Start-up and the CLI (`main.rs`, `commands.rs`, `app.rs`) use
+//!   `anyhow` with context ("connecting to …: …"), since what fails there is
+//!   reported to a person once and never mapped to a status.
 //!
-//! `Internal` hides its detail from clients (it is logged server-side).
+//! `Internal` hides its detail from clients; [`Error::log_internal`] logs it
+//! server-side with its whole chain of causes.
+//!
+//! SQLSTATE: diesel-async 0.9 keeps the SQLSTATE of eight classes as a
+//! [`DatabaseErrorKind`] (unique, foreign-key, not-null and check
+//! violations, serialization failure, read-only transaction, …) and
+//! reports a connection that no longer answers as `ClosedConnection` or
+//! `UnableToSendCommand`; every other code arrives as `Unknown` with only
+//! PostgreSQL's message. For those, [`is_transient_message`] is the one
+//! place that reads text (the server's messages for shutdown, recovery and
+//! deadlock, in the server's `lc_messages`, English by default); the query
+//! budget does not depend on it (`query/service.rs` decides by its own
+//! timer).
+
+use std::fmt;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
+/// A boxed cause, kept for the log.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A message for people and, where there is one, the error behind it.
+pub struct Cause {
+    message: String,
+    source: Option<BoxError>,
+}
+
+impl Cause {
+    pub fn new(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+}
+
+impl From<String> for Cause {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            source: None,
+        }
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
+
+/// The message, then each cause: "reading x: connection reset".
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        let mut next = self.source.as_deref().map(|e| e as &dyn std::error::Error);
+        while let Some(cause) = next {
+            write!(f, ": {cause}")?;
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cause")
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
 /// What went wrong, by what the caller can do about it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum Error {
     /// The request is wrong and retrying it unchanged will not help.
-    #[error("{0}")]
     InvalidArgument(String),
     /// The named thing does not exist.
-    #[error("{0}")]
     NotFound(String),
     /// A limit was hit (size, rate, concurrency); the message says which.
-    #[error("{0}")]
     ResourceExhausted(String),
     /// The database is unreachable or overloaded; retrying later may work.
-    #[error("{0}")]
-    Unavailable(String),
+    Unavailable(Cause),
     /// No valid API key came with the call (missing, unknown or revoked).
-    #[error("{0}")]
     Unauthenticated(String),
     /// The API key is valid but its scope does not cover the call.
-    #[error("{0}")]
     PermissionDenied(String),
     /// The system is not in a state the operation needs (e.g. serving beyond
     /// loopback with no API key).
-    #[error("{0}")]
     FailedPrecondition(String),
     /// The RPC exists in the contract but this version does not serve it.
-    #[error("{0}")]
     Unimplemented(String),
     /// A bug or an unexpected database answer; details stay in the logs.
-    #[error("internal error: {0}")]
-    Internal(String),
+    Internal(Cause),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidArgument(m)
+            | Error::NotFound(m)
+            | Error::ResourceExhausted(m)
+            | Error::Unauthenticated(m)
+            | Error::PermissionDenied(m)
+            | Error::FailedPrecondition(m)
+            | Error::Unimplemented(m) => f.write_str(m),
+            Error::Unavailable(cause) => f.write_str(&cause.message),
+            Error::Internal(cause) => write!(f, "internal error: {}", cause.message),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Unavailable(cause) | Error::Internal(cause) => cause
+                .source
+                .as_deref()
+                .map(|e| e as &(dyn std::error::Error + 'static)),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// An internal error with its cause: "`context`: `source`" in the log.
+    pub fn internal(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Internal(Cause::new(context, source))
+    }
+
+    /// A retryable failure with its cause.
+    pub fn unavailable(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Unavailable(Cause::new(context, source))
+    }
+
+    /// Logs an `Internal` error's detail and causes (once, where the call
+    /// ends); other errors are the client's to read.
+    pub fn log_internal(&self) {
+        if let Error::Internal(cause) = self {
+            tracing::error!(error = %cause, "internal error");
+        }
+    }
+
+    /// The message a client may read: `Internal` details stay in the log.
+    pub fn client_message(&self) -> String {
+        match self {
+            Error::Internal(_) => "internal error (details are in the server log)".to_owned(),
+            other => client_message(other.to_string()),
+        }
+    }
+
+    /// The gRPC code's canonical name, which the JSON API uses too.
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::NotFound(_) => "NOT_FOUND",
+            Error::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
+            Error::Unavailable(_) => "UNAVAILABLE",
+            Error::Unauthenticated(_) => "UNAUTHENTICATED",
+            Error::PermissionDenied(_) => "PERMISSION_DENIED",
+            Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
+            Error::Unimplemented(_) => "UNIMPLEMENTED",
+            Error::Internal(_) => "INTERNAL",
+        }
+    }
 }
 
 /// The shorthand every layer uses.
@@ -84,13 +221,8 @@ impl Error {
 
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
-        match &error {
-            Error::Internal(detail) => {
-                tracing::error!(error = %detail, "internal error");
-                tonic::Status::internal("internal error (details are in the server log)")
-            }
-            other => tonic::Status::new(other.grpc_code(), client_message(other.to_string())),
-        }
+        error.log_internal();
+        tonic::Status::new(error.grpc_code(), error.client_message())
     }
 }
 
@@ -100,32 +232,35 @@ impl From<Error> for tonic::Status {
 pub const MAX_CLIENT_MESSAGE: usize = 1024;
 
 /// `message`, cut to [`MAX_CLIENT_MESSAGE`] bytes on a character boundary.
-pub fn client_message(mut message: String) -> String {
-    if message.len() > MAX_CLIENT_MESSAGE {
-        let mut end = MAX_CLIENT_MESSAGE;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push('…');
+pub fn client_message(message: String) -> String {
+    if message.len() <= MAX_CLIENT_MESSAGE {
+        return message;
     }
-    message
+    format!("{}…", crate::text::truncate(&message, MAX_CLIENT_MESSAGE))
 }
 
 impl From<DieselError> for Error {
     fn from(error: DieselError) -> Self {
-        match error {
-            DieselError::NotFound => Error::NotFound("not found".into()),
-            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
-                Error::Unavailable(format!("database connection lost: {}", info.message()))
+        let context = match &error {
+            DieselError::NotFound => return Error::NotFound("not found".into()),
+            DieselError::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            ) => Some("database connection lost"),
+            // 25006: a replica (or a primary being demoted) refuses writes.
+            DieselError::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _) => {
+                Some("database is read-only")
             }
-            DieselError::DatabaseError(DatabaseErrorKind::UnableToSendCommand, info) => {
-                Error::Unavailable(format!("database unreachable: {}", info.message()))
+            DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
+                if is_transient_message(info.message()) =>
+            {
+                Some("database unavailable")
             }
-            DieselError::DatabaseError(_, ref info) if is_transient_message(info.message()) => {
-                Error::Unavailable(format!("database unavailable: {}", info.message()))
-            }
-            other => Error::Internal(other.to_string()),
+            _ => None,
+        };
+        match context {
+            Some(context) => Error::unavailable(context, error),
+            None => Error::internal("database error", error),
         }
     }
 }
@@ -138,13 +273,16 @@ impl From<diesel_async::pooled_connection::deadpool::PoolError> for Error {
                 Error::Unavailable("no database connection free in time; retry later".into())
             }
             PoolError::Closed => Error::Unavailable("server is shutting down".into()),
-            other => Error::Unavailable(format!("database unreachable: {other}")),
+            other => Error::unavailable("database unreachable", other),
         }
     }
 }
 
-/// Messages PostgreSQL and the driver give while the server restarts or
-/// drops connections; they are worth a retry, not a bug report.
+/// PostgreSQL's messages for the SQLSTATEs diesel-async reports as
+/// `Unknown` that are worth a retry, not a bug report: 57P01–57P03
+/// (shutdown, crash, not yet accepting connections), 57014 by
+/// `statement_timeout`, 40P01 (deadlock), and a connection the driver saw
+/// close.
 fn is_transient_message(message: &str) -> bool {
     const TRANSIENT: [&str; 6] = [
         "terminating connection",
@@ -177,6 +315,7 @@ mod tests {
         );
         let status: tonic::Status = Error::Internal("secret detail".into()).into();
         assert!(!status.message().contains("secret"));
+        assert_eq!(Error::NotFound("x".into()).code_name(), "NOT_FOUND");
     }
 
     #[test]
@@ -189,5 +328,16 @@ mod tests {
             Error::from(DieselError::RollbackTransaction),
             Error::Internal(_)
         ));
+        let lost = Error::from(DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection,
+            Box::new("gone".to_owned()),
+        ));
+        assert!(matches!(lost, Error::Unavailable(_)));
+        // The database error stays attached, for the log.
+        assert!(std::error::Error::source(&lost).is_some());
+        let Error::Unavailable(cause) = &lost else {
+            unreachable!()
+        };
+        assert!(cause.to_string().contains("gone"), "{cause}");
     }
 }

@@ -22,8 +22,8 @@ async fn main() -> ExitCode {
         Command::Migrate { action } => commands::migrate(action).await,
         Command::Keys { action } => commands::keys(action).await,
         Command::Rollups { action } => commands::rollups(action).await,
-        Command::BenchQueries(settings) => pulse::bench::run(*settings).await,
-        Command::Loadgen(settings) => loadgen::run(*settings).await,
+        Command::BenchQueries(settings) => pulse::bench::run(*settings).await.map_err(Into::into),
+        Command::Loadgen(settings) => loadgen::run(*settings).await.map_err(Into::into),
         Command::Demo(settings) => pulse::demo::run(*settings).await,
     };
     match result {
@@ -31,9 +31,10 @@ async fn main() -> ExitCode {
         Err(error) => {
             // Never a panic, even with stderr closed; an error may quote a
             // database URL: never its password.
+            // `{:#}`: the error and each cause, "context: cause: cause".
             commands::note(format_args!(
                 "pulse: {}",
-                pulse::redact::secrets(&error.to_string())
+                pulse::redact::secrets(&format!("{error:#}"))
             ));
             ExitCode::FAILURE
         }

@@ -12,6 +12,16 @@
 use std::borrow::Cow;
 use std::fmt::Write;
 
+/// The longest prefix of `text` of at most `max` bytes that ends on a
+/// character boundary.
+pub fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// True for a character [`escape_control`] rewrites.
 fn needs_escape(c: char) -> bool {
     c.is_control()

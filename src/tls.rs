@@ -93,7 +93,7 @@ fn server_config(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| Error::Internal(format!("TLS protocol versions: {e}")))?
+    .map_err(|e| Error::internal("TLS protocol versions", e))?
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .map_err(|e| {

@@ -109,7 +109,7 @@ async fn acquire(url: &str, lock: &mut Option<AsyncPgConnection>) -> bool {
         if lock.is_none() {
             let mut conn = AsyncPgConnection::establish(url)
                 .await
-                .map_err(|e| Error::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+                .map_err(|e| Error::unavailable("cannot connect to PostgreSQL", e))?;
             db::alerts::prepare_lock_session(&mut conn).await?;
             *lock = Some(conn);
         }

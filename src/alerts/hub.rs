@@ -183,7 +183,7 @@ async fn listen_connection(url: &str) -> Result<AsyncPgConnection> {
     let mut conn = tokio::time::timeout(READ_TIMEOUT, AsyncPgConnection::establish(url))
         .await
         .map_err(|_| Error::Unavailable("connecting to PostgreSQL timed out".into()))?
-        .map_err(|e| Error::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        .map_err(|e| Error::unavailable("cannot connect to PostgreSQL", e))?;
     conn.batch_execute("SET application_name = 'pulse-alert-feed'")
         .await?;
     db::alerts::listen(&mut conn).await?;

@@ -114,7 +114,8 @@ impl TryFrom<RuleRow> for AlertRule {
 
     fn try_from(row: RuleRow) -> Result<Self> {
         let seconds = |v: i32, what: &str| {
-            u32::try_from(v).map_err(|_| Error::Internal(format!("stored {what} {v} is negative")))
+            u32::try_from(v)
+                .map_err(|_| Error::Internal(format!("stored {what} {v} is negative").into()))
         };
         Ok(AlertRule {
             id: row.rule_id,
@@ -251,7 +252,7 @@ impl TryFrom<NotificationRow> for Notification {
 /// A value read back from a `text` column the schema constrains to the
 /// enum's names: anything else is a corrupt row.
 fn stored<T>(parsed: Option<T>, what: &str, text: &str) -> Result<T> {
-    parsed.ok_or_else(|| Error::Internal(format!("unknown stored {what} `{text}`")))
+    parsed.ok_or_else(|| Error::Internal(format!("unknown stored {what} `{text}`").into()))
 }
 
 fn rule_not_found(id: Uuid) -> Error {

@@ -381,7 +381,7 @@ pub async fn register_types(
                         "registered {} of {} event types: no free id left",
                         inserted.len(),
                         admitted.len()
-                    )));
+                    ).into()));
                 }
                 found.extend(inserted);
             }

@@ -87,9 +87,9 @@ pub async fn active(conn: &mut AsyncPgConnection) -> Result<Vec<ActiveKey>> {
         .await?;
     rows.into_iter()
         .map(|(id, scope, hash)| {
-            let hash: KeyHash = hash
-                .try_into()
-                .map_err(|_| Error::Internal(format!("api key {id} has a malformed hash")))?;
+            let hash: KeyHash = hash.try_into().map_err(|_| {
+                Error::Internal(format!("api key {id} has a malformed hash").into())
+            })?;
             Ok(ActiveKey {
                 id,
                 scope: Scope::from_name(&scope)?,

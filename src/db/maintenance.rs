@@ -59,7 +59,7 @@ impl std::ops::AddAssign for Deleted {
 pub async fn open_job_session(url: &str, job: &str) -> Result<AsyncPgConnection> {
     let mut conn = AsyncPgConnection::establish(url)
         .await
-        .map_err(|e| Error::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        .map_err(|e| Error::unavailable("cannot connect to PostgreSQL", e))?;
     // `job` is one of our constants, never client input.
     conn.batch_execute(&format!(
         "SET application_name = 'pulse-{job}'; SET statement_timeout = 0;

@@ -340,7 +340,7 @@ fn parse_revenue(text: Option<&str>) -> Result<i128> {
         None => Ok(0),
         Some(t) => t
             .parse()
-            .map_err(|e| Error::Internal(format!("revenue {t:?} is not an integer: {e}"))),
+            .map_err(|e| Error::internal(format!("revenue {t:?} is not an integer"), e)),
     }
 }
 
@@ -348,7 +348,7 @@ fn parse_revenue(text: Option<&str>) -> Result<i128> {
 pub async fn read_live(conn: &mut AsyncPgConnection, r: &LiveRequest) -> Result<Live> {
     let sql = LIVE[usize::from(r.sets)]
         .get(r.dimension as usize)
-        .ok_or_else(|| Error::Internal(format!("no rollup dimension {}", r.dimension)))?;
+        .ok_or_else(|| Error::Internal(format!("no rollup dimension {}", r.dimension).into()))?;
     let rows: Vec<LiveSqlRow> = Sql::new(sql)
         .bind::<Int2, _>(r.dimension)
         .bind::<Nullable<Int4>, _>(r.value)
@@ -421,7 +421,7 @@ pub async fn read_raw_minutes(
 ) -> Result<Vec<((i32, i64), Bucket)>> {
     let sql = RAW_MINUTES[usize::from(r.sets)]
         .get(r.dimension as usize)
-        .ok_or_else(|| Error::Internal(format!("no rollup dimension {}", r.dimension)))?;
+        .ok_or_else(|| Error::Internal(format!("no rollup dimension {}", r.dimension).into()))?;
     let rows: Vec<LiveSqlRow> = Sql::new(sql)
         .bind::<Int2, _>(r.dimension)
         .bind::<Nullable<Int4>, _>(r.value)
@@ -597,7 +597,7 @@ pub async fn read_buckets(
             Bucket::Sets(sets) => {
                 let blob = row.users.unwrap_or_default();
                 let users = RoaringTreemap::deserialize_from(&blob[..])
-                    .map_err(|e| Error::Internal(format!("corrupt user set: {e}")))?;
+                    .map_err(|e| Error::internal("corrupt user set", e))?;
                 sets.push(SetRow {
                     value_id,
                     type_id,

@@ -36,11 +36,11 @@ where
         work(&mut conn)
     })
     .await
-    .map_err(|e| Error::Internal(format!("migration task failed: {e}")))?
+    .map_err(|e| Error::internal("migration task failed", e))?
 }
 
 fn migration_error(e: impl std::fmt::Display) -> Error {
-    Error::Internal(format!("migration failed: {e}"))
+    Error::Internal(format!("migration failed: {e}").into())
 }
 
 /// Applies every pending migration; returns the versions applied.

@@ -97,16 +97,19 @@ pub fn build_pool(settings: &DatabaseSettings, url: &str, role: PoolRole) -> Res
         .create_timeout(Some(Duration::from_secs(5)))
         .runtime(deadpool::Runtime::Tokio1)
         .build()
-        .map_err(|e| Error::Internal(format!("building the {} pool: {e}", role.label())))
+        .map_err(|e| Error::internal(format!("building the {} pool", role.label()), e))
 }
 
 /// The error of a failed connection to `url`, naming the server (the URL
 /// with its password hidden): the driver's own message names neither.
 pub fn cannot_connect(url: &str, error: impl std::fmt::Display) -> Error {
-    Error::Unavailable(format!(
-        "cannot connect to PostgreSQL at {}: {error}",
-        crate::redact::secrets(url)
-    ))
+    Error::Unavailable(
+        format!(
+            "cannot connect to PostgreSQL at {}: {error}",
+            crate::redact::secrets(url)
+        )
+        .into(),
+    )
 }
 
 /// How much later than the query budget the query pool's server-side
@@ -158,8 +161,8 @@ pub async fn ensure_database(url: &str) -> Result<()> {
         }
         // Another process created it between our check and our CREATE.
         Err(e) if e.to_string().contains("already exists") => Ok(()),
-        Err(e) => Err(Error::Unavailable(format!(
-            "cannot create database `{name}`: {e}"
-        ))),
+        Err(e) => Err(Error::Unavailable(
+            format!("cannot create database `{name}`: {e}").into(),
+        )),
     }
 }

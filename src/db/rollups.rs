@@ -406,7 +406,7 @@ async fn fold_sets(
     let (mut additions, minutes) =
         tokio::task::spawn_blocking(move || group_set_deltas(&deltas, horizon))
             .await
-            .map_err(|e| Error::Internal(format!("user-set task failed: {e}")))??;
+            .map_err(|e| Error::internal("user-set task failed", e))??;
 
     let resolutions: Vec<i32> = additions.keys().map(|k| k.0).collect();
     let dimensions: Vec<i16> = additions.keys().map(|k| k.1).collect();
@@ -434,7 +434,7 @@ async fn fold_sets(
     let (blobs, cardinalities) =
         tokio::task::spawn_blocking(move || merge_sets(&mut additions, stored))
             .await
-            .map_err(|e| Error::Internal(format!("user-set task failed: {e}")))??;
+            .map_err(|e| Error::internal("user-set task failed", e))??;
     diesel::sql_query(
         "INSERT INTO rollup_sets (resolution, dimension, bucket, value_id, event_type_id, users, cardinality)
          SELECT * FROM unnest($1::int4[], $2::int2[], $3::timestamptz[], $4::int4[], $5::int2[], $6::bytea[], $7::int8[])
@@ -470,7 +470,7 @@ fn group_set_deltas(
     let mut minutes = Vec::new();
     for delta in deltas {
         let user = u64::try_from(delta.user_id)
-            .map_err(|_| Error::Internal(format!("negative user id {}", delta.user_id)))?;
+            .map_err(|_| Error::Internal(format!("negative user id {}", delta.user_id).into()))?;
         minutes.push(delta.minute);
         // Dimension 0 also keeps the set of every type.
         let types = [delta.event_type_id, ANY_TYPE];
@@ -512,7 +512,7 @@ fn merge_sets(
 ) -> Result<(Vec<Vec<u8>>, Vec<i64>)> {
     for set in stored {
         let existing = RoaringTreemap::deserialize_from(&set.users[..])
-            .map_err(|e| Error::Internal(format!("corrupt user set: {e}")))?;
+            .map_err(|e| Error::internal("corrupt user set", e))?;
         if let Entry::Occupied(mut entry) = additions.entry((
             set.resolution,
             set.dimension,
@@ -528,7 +528,7 @@ fn merge_sets(
     for set in additions.values() {
         let mut blob = Vec::with_capacity(set.serialized_size());
         set.serialize_into(&mut blob)
-            .map_err(|e| Error::Internal(format!("serializing a user set: {e}")))?;
+            .map_err(|e| Error::internal("serializing a user set", e))?;
         blobs.push(blob);
         cardinalities.push(set.len() as i64);
     }

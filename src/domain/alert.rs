@@ -33,10 +33,10 @@ pub const MAX_FOR_SECONDS: u32 = 7 * 86_400;
 named_enum! {
     /// How a value is compared with the threshold.
     pub enum Comparison {
-        GreaterThan = "gt",
-        GreaterOrEqual = "ge",
-        LessThan = "lt",
-        LessOrEqual = "le",
+        GreaterThan = "greater_than",
+        GreaterOrEqual = "greater_or_equal",
+        LessThan = "less_than",
+        LessOrEqual = "less_or_equal",
     }
 }
 

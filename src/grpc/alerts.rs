@@ -16,14 +16,14 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::auth::UntilRevoked;
-use super::convert::to_timestamp;
+use super::convert::{self, FromProto, to_timestamp};
 use super::proto::alert_service_server::AlertService;
 use super::proto::{self, *};
 use crate::alerts::hub::Hub;
 use crate::auth::{Caller, KeySet};
 use crate::db::{PgPool, alerts as store, connection};
-use crate::domain::alert::{self as domain, Comparison, Notification, NotificationState, RawRule};
-use crate::domain::metric::{Filter, Metric};
+use crate::domain::alert::{self as domain, Comparison, Notification, RawRule};
+use crate::domain::metric::Metric;
 use crate::error::Error;
 
 /// Most rule ids one WatchAlerts request may filter on.
@@ -70,80 +70,35 @@ fn parse_id(field: &str, text: &str) -> Result<Uuid, Error> {
         .map_err(|_| Error::InvalidArgument(format!("{field} `{text}` is not a UUID")))
 }
 
-fn comparison(value: i32) -> Result<Comparison, Error> {
-    match proto::Comparison::try_from(value) {
-        Ok(proto::Comparison::GreaterThan) => Ok(Comparison::GreaterThan),
-        Ok(proto::Comparison::GreaterOrEqual) => Ok(Comparison::GreaterOrEqual),
-        Ok(proto::Comparison::LessThan) => Ok(Comparison::LessThan),
-        Ok(proto::Comparison::LessOrEqual) => Ok(Comparison::LessOrEqual),
-        Ok(proto::Comparison::Unspecified) => Err(Error::InvalidArgument(
-            "rule.comparison is required (COMPARISON_GREATER_THAN, COMPARISON_GREATER_OR_EQUAL, COMPARISON_LESS_THAN or COMPARISON_LESS_OR_EQUAL)".into(),
-        )),
-        Err(_) => Err(Error::InvalidArgument(format!(
-            "rule.comparison {value} is not a known Comparison"
-        ))),
-    }
-}
-
 /// Converts and validates a rule at the edge (the id is handled by the caller).
 pub(crate) fn rule_spec(
     rule: proto::AlertRule,
     max_string_bytes: usize,
 ) -> Result<domain::RuleSpec, Error> {
-    let metric = Metric::try_from(rule.metric).map_err(|e| within("rule.", e))?;
-    let filter = rule.filter.unwrap_or_default();
-    let filter = Filter::new(
-        filter.event_types,
-        filter.page_url,
-        filter.product_id,
-        filter.user_id,
-        max_string_bytes,
-    )
-    .map_err(|e| within("rule.", e))?;
+    let metric = Metric::from_proto("rule.metric", rule.metric)?;
+    let filter = convert::filter(rule.filter, max_string_bytes).map_err(|e| within("rule.", e))?;
     domain::RuleSpec::parse(RawRule {
         name: rule.name,
         metric,
         filter,
         window_seconds: rule.window_seconds,
-        comparison: comparison(rule.comparison)?,
+        comparison: Comparison::from_proto("rule.comparison", rule.comparison)?,
         threshold: rule.threshold,
         for_seconds: rule.for_seconds,
         enabled: rule.enabled,
     })
 }
 
-fn metric_to_proto(metric: Metric) -> proto::Metric {
-    match metric {
-        Metric::Events => proto::Metric::Events,
-        Metric::UniqueUsers => proto::Metric::UniqueUsers,
-        Metric::Pageviews => proto::Metric::Pageviews,
-        Metric::Purchases => proto::Metric::Purchases,
-        Metric::Revenue => proto::Metric::Revenue,
-        Metric::Quantity => proto::Metric::Quantity,
-    }
-}
-
 impl From<domain::AlertRule> for proto::AlertRule {
     fn from(rule: domain::AlertRule) -> Self {
         let spec = rule.spec;
-        let comparison = match spec.comparison {
-            Comparison::GreaterThan => proto::Comparison::GreaterThan,
-            Comparison::GreaterOrEqual => proto::Comparison::GreaterOrEqual,
-            Comparison::LessThan => proto::Comparison::LessThan,
-            Comparison::LessOrEqual => proto::Comparison::LessOrEqual,
-        };
         proto::AlertRule {
             id: rule.id.to_string(),
             name: spec.name,
-            metric: metric_to_proto(spec.metric) as i32,
-            filter: Some(proto::Filter {
-                event_types: spec.filter.event_types,
-                page_url: spec.filter.page_url.unwrap_or_default(),
-                product_id: spec.filter.product_id.unwrap_or_default(),
-                user_id: spec.filter.user_id.unwrap_or_default(),
-            }),
+            metric: proto::Metric::from(spec.metric) as i32,
+            filter: Some(spec.filter.into()),
             window_seconds: spec.window_seconds,
-            comparison: comparison as i32,
+            comparison: proto::Comparison::from(spec.comparison) as i32,
             threshold: spec.threshold,
             for_seconds: spec.for_seconds,
             enabled: spec.enabled,
@@ -153,10 +108,7 @@ impl From<domain::AlertRule> for proto::AlertRule {
 
 impl From<&Notification> for AlertNotification {
     fn from(n: &Notification) -> Self {
-        let state = match n.state {
-            NotificationState::Firing => proto::AlertState::Firing,
-            NotificationState::Resolved => proto::AlertState::Resolved,
-        };
+        let state = proto::AlertState::from(n.state);
         AlertNotification {
             // Identity values start at 1, so the cast never wraps.
             id: n.id as u64,

@@ -1,10 +1,159 @@
-//! Conversions between proto messages and domain types, at the edge.
+//! Conversions between proto messages and domain types, at the edge: the
+//! only place that knows proto numbering. Each proto enum is paired with its
+//! domain enum once, in [`proto_enum!`], which gives both directions and the
+//! error for a missing or unknown value.
 
 use chrono::{DateTime, Utc};
 use prost_types::value::Kind;
 
 use super::proto;
+use crate::domain::alert::{Comparison, NotificationState};
 use crate::domain::event::{RawDetail, RawEvent, Rejection};
+use crate::domain::metric::{Dimension, Filter, Granularity, Metric, MetricQuery};
+use crate::domain::names::join;
+use crate::error::Error;
+
+/// A domain enum read from a proto enum field.
+pub trait FromProto: Sized {
+    /// The value of `field` (named in the error), which holds `value`.
+    fn from_proto(field: &str, value: i32) -> Result<Self, Error>;
+}
+
+/// Pairs a domain enum with its proto enum: `From<domain> for proto` and
+/// [`FromProto`]. With `required`, the proto's `UNSPECIFIED` is refused with
+/// the list of accepted names; without, it must be one of the pairs.
+macro_rules! proto_enum {
+    ($domain:ident <=> $proto:ident, required, { $($d:ident <=> $p:ident),+ $(,)? }) => {
+        proto_enum!(@into $domain, $proto, { $($d <=> $p),+ });
+        impl FromProto for $domain {
+            fn from_proto(field: &str, value: i32) -> Result<Self, Error> {
+                match proto::$proto::try_from(value) {
+                    $(Ok(proto::$proto::$p) => Ok($domain::$d),)+
+                    Ok(proto::$proto::Unspecified) => Err(Error::InvalidArgument(format!(
+                        "{field} is required ({})",
+                        join([$(proto::$proto::$p.as_str_name()),+].into_iter())
+                    ))),
+                    Err(_) => Err(unknown(field, value, stringify!($proto))),
+                }
+            }
+        }
+    };
+    ($domain:ident <=> $proto:ident, { $($d:ident <=> $p:ident),+ $(,)? }) => {
+        proto_enum!(@into $domain, $proto, { $($d <=> $p),+ });
+        impl FromProto for $domain {
+            fn from_proto(field: &str, value: i32) -> Result<Self, Error> {
+                match proto::$proto::try_from(value) {
+                    $(Ok(proto::$proto::$p) => Ok($domain::$d),)+
+                    Err(_) => Err(unknown(field, value, stringify!($proto))),
+                }
+            }
+        }
+    };
+    (@into $domain:ident, $proto:ident, { $($d:ident <=> $p:ident),+ }) => {
+        impl From<$domain> for proto::$proto {
+            fn from(value: $domain) -> Self {
+                match value {
+                    $($domain::$d => proto::$proto::$p),+
+                }
+            }
+        }
+    };
+}
+
+fn unknown(field: &str, value: i32, name: &str) -> Error {
+    Error::InvalidArgument(format!("{field} {value} is not a known {name}"))
+}
+
+proto_enum!(Metric <=> Metric, required, {
+    Events <=> Events,
+    UniqueUsers <=> UniqueUsers,
+    Pageviews <=> Pageviews,
+    Purchases <=> Purchases,
+    Revenue <=> Revenue,
+    Quantity <=> Quantity,
+});
+
+proto_enum!(Granularity <=> Granularity, required, {
+    Minute <=> Minute,
+    Hour <=> Hour,
+    Day <=> Day,
+    Total <=> Total,
+});
+
+proto_enum!(Dimension <=> Dimension, {
+    None <=> Unspecified,
+    EventType <=> EventType,
+    PageUrl <=> PageUrl,
+    ProductId <=> ProductId,
+});
+
+proto_enum!(Comparison <=> Comparison, required, {
+    GreaterThan <=> GreaterThan,
+    GreaterOrEqual <=> GreaterOrEqual,
+    LessThan <=> LessThan,
+    LessOrEqual <=> LessOrEqual,
+});
+
+impl From<NotificationState> for proto::AlertState {
+    fn from(state: NotificationState) -> Self {
+        match state {
+            NotificationState::Firing => proto::AlertState::Firing,
+            NotificationState::Resolved => proto::AlertState::Resolved,
+        }
+    }
+}
+
+/// A proto filter, validated (`max_string_bytes`: the ingest limit).
+pub fn filter(filter: Option<proto::Filter>, max_string_bytes: usize) -> Result<Filter, Error> {
+    let filter = filter.unwrap_or_default();
+    Filter::new(
+        filter.event_types,
+        filter.page_url,
+        filter.product_id,
+        filter.user_id,
+        max_string_bytes,
+    )
+}
+
+impl From<Filter> for proto::Filter {
+    fn from(filter: Filter) -> Self {
+        proto::Filter {
+            event_types: filter.event_types,
+            page_url: filter.page_url.unwrap_or_default(),
+            product_id: filter.product_id.unwrap_or_default(),
+            user_id: filter.user_id.unwrap_or_default(),
+        }
+    }
+}
+
+/// A required timestamp field as a UTC time.
+pub fn required_time(
+    field: &str,
+    ts: Option<prost_types::Timestamp>,
+) -> Result<DateTime<Utc>, Error> {
+    let ts = ts.ok_or_else(|| Error::InvalidArgument(format!("{field} is required")))?;
+    timestamp(&ts).ok_or_else(|| Error::InvalidArgument(format!("{field} is out of range")))
+}
+
+/// Converts and validates a `GetMetricsRequest`.
+pub fn metric_query(
+    request: proto::GetMetricsRequest,
+    max_string_bytes: usize,
+) -> Result<MetricQuery, Error> {
+    let metric = Metric::from_proto("metric", request.metric)?;
+    let start = required_time("start", request.start)?;
+    let end = required_time("end", request.end)?;
+    let filter = filter(request.filter, max_string_bytes)?;
+    MetricQuery::new(
+        metric,
+        start,
+        end,
+        Granularity::from_proto("granularity", request.granularity)?,
+        filter,
+        Dimension::from_proto("group_by", request.group_by)?,
+        request.limit,
+    )
+}
 
 /// A proto timestamp as a UTC time; `None` when it is out of range.
 pub fn timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {

@@ -1,6 +1,6 @@
 //! Property tests over the edge: proto → domain conversion and validation
 //! of events (`convert.rs`, `domain::event::validate`), metric queries
-//! (`query::metric_query`) and alert rules (`alerts::rule_spec`), fed with
+//! (`convert::metric_query`) and alert rules (`alerts::rule_spec`), fed with
 //! hostile values: arbitrary Unicode, NUL, SQL metacharacters, enormous
 //! strings, unknown enum numbers, extreme timestamps, NaN and infinities,
 //! deeply nested `data`.
@@ -286,8 +286,8 @@ proptest! {
             group_by,
             limit,
         };
-        let first = super::query::metric_query(request.clone(), 2048);
-        let again = super::query::metric_query(request, 2048);
+        let first = super::convert::metric_query(request.clone(), 2048);
+        let again = super::convert::metric_query(request, 2048);
         prop_assert_eq!(format!("{first:?}"), format!("{again:?}"));
         if let Ok(query) = first {
             prop_assert!(query.start < query.end);

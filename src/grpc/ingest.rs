@@ -192,29 +192,18 @@ fn type_limit_rejection(event_type: &str, max_event_types: usize) -> Rejection {
 }
 
 /// `text` cut to at most `max` bytes on a character boundary.
-fn truncated(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
-}
-
 fn stream_error(status: Status, max_message_bytes: usize) -> Status {
-    // tonic reports an oversized message as OUT_OF_RANGE; the contract says
-    // RESOURCE_EXHAUSTED, with the limit and what to do.
-    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+    // tonic reports an oversized message as OUT_OF_RANGE (and only that:
+    // see `decode_errors.rs`); the contract says RESOURCE_EXHAUSTED, with
+    // the limit and what to do. Invalid protobuf already arrives as
+    // INVALID_ARGUMENT from `ContractCodec`.
+    if status.code() == tonic::Code::OutOfRange {
         return Status::resource_exhausted(format!(
             "{}; split the events over more messages (limit: PULSE_MAX_MESSAGE_BYTES = {max_message_bytes})",
-            status.message()
+            crate::text::truncate(status.message(), 200)
         ));
     }
-    // A message that is not valid protobuf (`data` nested past the decoder's
-    // recursion limit, invalid UTF-8) is the client's input, not our bug.
-    super::decode_errors::contract_status(&status).unwrap_or(status)
+    status
 }
 
 #[tonic::async_trait]
@@ -365,7 +354,7 @@ impl IngestService for IngestApi {
                 if errors.len() < limits.max_errors_reported {
                     errors.push(EventError {
                         index: position,
-                        event_id: truncated(event_id, 64),
+                        event_id: crate::text::truncate(&event_id, 64).to_owned(),
                         reason: rejection.reason,
                     });
                 }

@@ -7,6 +7,7 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod codec;
 pub mod convert;
 pub mod deadline;
 pub mod decode_errors;

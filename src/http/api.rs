@@ -1,8 +1,9 @@
 //! The dashboard's JSON API, `/api/v1/…` (documented in README.md, "JSON API").
 //!
 //! A thin edge over the code the gRPC services run: metric requests become
-//! a proto `GetMetricsRequest`, are validated by [`metric_query`] and answered
-//! by [`QueryApi::answer`], exactly as `GetMetrics`; alert rules, their states
+//! a [`MetricQuery`] (validated by the domain, as `GetMetrics`' are) and are
+//! answered by [`Queries::answer`](crate::query::Queries::answer), exactly as
+//! `GetMetrics`; alert rules, their states
 //! and notifications come from `db::alerts`. `/dashboard` answers every panel
 //! of the page in one document through those same functions (so the page
 //! cannot disagree with `GetMetrics`), with each KPI's previous period.
@@ -26,12 +27,11 @@ use serde_json::{Value, json};
 
 use super::HttpState;
 use crate::db::{alerts as store, connection};
-use crate::domain::alert::{AlertRule, Comparison, Notification, NotificationState, Phase};
-use crate::domain::metric::{Filter, Granularity, Metric, MetricQuery, SeriesValues, ceil_to};
+use crate::domain::alert::{AlertRule, Notification, Phase};
+use crate::domain::metric::{
+    Dimension, Filter, Granularity, Metric, MetricQuery, SeriesValues, ceil_to,
+};
 use crate::error::Error;
-use crate::grpc::convert::to_timestamp;
-use crate::grpc::proto;
-use crate::grpc::query::metric_query;
 
 /// Most notifications one request returns.
 pub const MAX_NOTIFICATIONS: i64 = 1_000;
@@ -51,31 +51,11 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.0.http_status();
-        let message = match &self.0 {
-            Error::Internal(detail) => {
-                tracing::error!(error = %detail, "internal error");
-                "internal error (details are in the server log)".to_owned()
-            }
-            other => crate::error::client_message(other.to_string()),
-        };
-        // The gRPC code's canonical name, so both APIs name errors alike.
-        let code = match &self.0 {
-            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
-            Error::NotFound(_) => "NOT_FOUND",
-            Error::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
-            Error::Unavailable(_) => "UNAVAILABLE",
-            Error::Unauthenticated(_) => "UNAUTHENTICATED",
-            Error::PermissionDenied(_) => "PERMISSION_DENIED",
-            Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
-            Error::Unimplemented(_) => "UNIMPLEMENTED",
-            Error::Internal(_) => "INTERNAL",
-        };
-        (
-            status,
-            Json(json!({ "error": { "code": code, "message": message } })),
-        )
-            .into_response()
+        self.0.log_internal();
+        let body = json!({
+            "error": { "code": self.0.code_name(), "message": self.0.client_message() }
+        });
+        (self.0.http_status(), Json(body)).into_response()
     }
 }
 
@@ -105,80 +85,49 @@ fn parse_range(text: &str) -> Result<(TimeDelta, Granularity), Error> {
     }
 }
 
-fn parse_metric(text: &str) -> Result<proto::Metric, Error> {
+/// A name from the query string: the value's one spelling (`unique_users`),
+/// in any case, with or without its gRPC prefix (`METRIC_UNIQUE_USERS`).
+fn parse_name<T>(
+    field: &str,
+    prefix: &str,
+    text: &str,
+    parse: fn(&str) -> Option<T>,
+    names: fn() -> String,
+) -> Result<T, Error> {
     let name = text.to_ascii_lowercase();
-    match name.strip_prefix("metric_").unwrap_or(&name) {
-        "events" => Ok(proto::Metric::Events),
-        "unique_users" => Ok(proto::Metric::UniqueUsers),
-        "pageviews" => Ok(proto::Metric::Pageviews),
-        "purchases" => Ok(proto::Metric::Purchases),
-        "revenue" => Ok(proto::Metric::Revenue),
-        "quantity" => Ok(proto::Metric::Quantity),
-        _ => Err(Error::InvalidArgument(format!(
-            "metric `{text}` is not one of events, unique_users, pageviews, purchases, revenue, quantity"
-        ))),
-    }
+    parse(name.strip_prefix(prefix).unwrap_or(&name)).ok_or_else(|| {
+        Error::InvalidArgument(format!("{field} `{text}` is not one of {}", names()))
+    })
 }
 
 fn parse_granularity(text: &str) -> Result<Granularity, Error> {
-    let name = text.to_ascii_lowercase();
-    match name.strip_prefix("granularity_").unwrap_or(&name) {
-        "minute" => Ok(Granularity::Minute),
-        "hour" => Ok(Granularity::Hour),
-        "day" => Ok(Granularity::Day),
-        "total" => Ok(Granularity::Total),
-        _ => Err(Error::InvalidArgument(format!(
-            "granularity `{text}` is not one of minute, hour, day, total"
-        ))),
-    }
+    parse_name(
+        "granularity",
+        "granularity_",
+        text,
+        Granularity::parse,
+        Granularity::names,
+    )
 }
 
-fn proto_granularity(g: Granularity) -> proto::Granularity {
-    match g {
-        Granularity::Minute => proto::Granularity::Minute,
-        Granularity::Hour => proto::Granularity::Hour,
-        Granularity::Day => proto::Granularity::Day,
-        Granularity::Total => proto::Granularity::Total,
+/// `group_by`: absent, empty or `unspecified` is no grouping.
+fn parse_dimension(text: &str) -> Result<Dimension, Error> {
+    if text.is_empty() || text.eq_ignore_ascii_case("unspecified") {
+        return Ok(Dimension::None);
     }
-}
-
-fn granularity_name(g: Granularity) -> &'static str {
-    match g {
-        Granularity::Minute => "minute",
-        Granularity::Hour => "hour",
-        Granularity::Day => "day",
-        Granularity::Total => "total",
-    }
-}
-
-fn parse_dimension(text: &str) -> Result<proto::Dimension, Error> {
-    let name = text.to_ascii_lowercase();
-    match name.strip_prefix("dimension_").unwrap_or(&name) {
-        "" | "none" | "unspecified" => Ok(proto::Dimension::Unspecified),
-        "event_type" => Ok(proto::Dimension::EventType),
-        "page_url" => Ok(proto::Dimension::PageUrl),
-        "product_id" => Ok(proto::Dimension::ProductId),
-        _ => Err(Error::InvalidArgument(format!(
-            "group_by `{text}` is not one of none, event_type, page_url, product_id"
-        ))),
-    }
+    parse_name(
+        "group_by",
+        "dimension_",
+        text,
+        Dimension::parse,
+        Dimension::names,
+    )
 }
 
 fn parse_time(field: &str, text: &str) -> Result<DateTime<Utc>, Error> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| Error::InvalidArgument(format!("{field} `{text}` is not RFC 3339: {e}")))
-}
-
-fn metric_name(m: Metric) -> &'static str {
-    match m {
-        Metric::Events => "events",
-        Metric::UniqueUsers => "unique_users",
-        Metric::Pageviews => "pageviews",
-        Metric::Purchases => "purchases",
-        Metric::Revenue => "revenue",
-        Metric::Quantity => "quantity",
-    }
 }
 
 /// `GET /api/v1/metrics` parameters (see README.md, "JSON API").
@@ -235,11 +184,11 @@ pub async fn metrics(
     params: Result<Query<MetricsParams>, QueryRejection>,
 ) -> ApiResult {
     let p = query_params(params)?;
-    let metric = parse_metric(
-        p.metric
-            .as_deref()
-            .ok_or_else(|| Error::InvalidArgument("metric is required".into()))?,
-    )?;
+    let metric = p
+        .metric
+        .as_deref()
+        .ok_or_else(|| Error::InvalidArgument("metric is required".into()))?;
+    let metric = parse_name("metric", "metric_", metric, Metric::parse, Metric::names)?;
     let (start, end, granularity) = resolve_range(&p, Utc::now())?;
     let group_by = parse_dimension(p.group_by.as_deref().unwrap_or(""))?;
     let event_types = p
@@ -251,28 +200,30 @@ pub async fn metrics(
         .filter(|t| !t.is_empty())
         .map(str::to_owned)
         .collect();
-    let request = proto::GetMetricsRequest {
-        metric: metric as i32,
-        start: Some(to_timestamp(start)),
-        end: Some(to_timestamp(end)),
-        granularity: proto_granularity(granularity) as i32,
-        filter: Some(proto::Filter {
-            event_types,
-            page_url: p.page_url.clone().unwrap_or_default(),
-            product_id: p.product_id.clone().unwrap_or_default(),
-            user_id: p.user_id.clone().unwrap_or_default(),
-        }),
-        group_by: group_by as i32,
-        limit: p.limit.unwrap_or(0),
-    };
-    let (query, series, approximate) = get_metrics(&state, request).await?;
+    let filter = Filter::new(
+        event_types,
+        p.page_url.clone().unwrap_or_default(),
+        p.product_id.clone().unwrap_or_default(),
+        p.user_id.clone().unwrap_or_default(),
+        state.query.max_string_bytes(),
+    )?;
+    let query = MetricQuery::new(
+        metric,
+        start,
+        end,
+        granularity,
+        filter,
+        group_by,
+        p.limit.unwrap_or(0),
+    )?;
+    let (series, approximate) = state.query.answer(&query).await?;
     let buckets: Vec<String> = query.bucket_starts().into_iter().map(rfc3339).collect();
     let series: Vec<Value> = series.iter().map(series_json).collect();
     Ok(Json(json!({
-        "metric": metric_name(query.metric),
+        "metric": query.metric.as_str(),
         "start": rfc3339(query.start),
         "end": rfc3339(query.end),
-        "granularity": granularity_name(query.granularity),
+        "granularity": query.granularity.as_str(),
         "group_by": p.group_by.as_deref().unwrap_or("none"),
         "approximate": approximate,
         "buckets": buckets,
@@ -280,29 +231,8 @@ pub async fn metrics(
     })))
 }
 
-/// A GetMetrics request answered exactly as the gRPC service answers it:
-/// the same validation ([`metric_query`]) and the same query path
-/// ([`QueryApi::answer`](crate::grpc::query::QueryApi::answer)).
-async fn get_metrics(
-    state: &HttpState,
-    request: proto::GetMetricsRequest,
-) -> Result<(MetricQuery, Vec<SeriesValues>, bool), Error> {
-    let query = metric_query(request, state.query.max_string_bytes())?;
-    let (series, approximate) = state.query.answer(&query).await?;
-    Ok((query, series, approximate))
-}
-
 fn series_json(s: &SeriesValues) -> Value {
     json!({ "group": s.group, "total": s.total, "values": s.values })
-}
-
-fn comparison_name(c: Comparison) -> &'static str {
-    match c {
-        Comparison::GreaterThan => "greater_than",
-        Comparison::GreaterOrEqual => "greater_or_equal",
-        Comparison::LessThan => "less_than",
-        Comparison::LessOrEqual => "less_or_equal",
-    }
 }
 
 fn filter_json(f: &Filter) -> Value {
@@ -339,11 +269,7 @@ async fn rules_json(state: &HttpState) -> Result<Vec<Value>, Error> {
         let phase = if !spec.enabled {
             "disabled"
         } else {
-            match stored.map(|s| s.phase) {
-                Some(Phase::Firing) => "firing",
-                Some(Phase::Pending) => "pending",
-                Some(Phase::Inactive) | None => "inactive",
-            }
+            stored.map_or(Phase::Inactive, |s| s.phase).as_str()
         };
         // A value that cannot be computed is left out (null); the rule and
         // its state are still listed.
@@ -360,10 +286,10 @@ async fn rules_json(state: &HttpState) -> Result<Vec<Value>, Error> {
         out.push(json!({
             "id": id.to_string(),
             "name": spec.name,
-            "metric": metric_name(spec.metric),
+            "metric": spec.metric.as_str(),
             "filter": filter_json(&spec.filter),
             "window_seconds": spec.window_seconds,
-            "comparison": comparison_name(spec.comparison),
+            "comparison": spec.comparison.as_str(),
             "threshold": spec.threshold,
             "for_seconds": spec.for_seconds,
             "enabled": spec.enabled,
@@ -387,10 +313,7 @@ fn notification_json(n: &Notification) -> Value {
         "id": n.id,
         "rule_id": n.rule_id.to_string(),
         "rule_name": n.rule_name,
-        "state": match n.state {
-            NotificationState::Firing => "firing",
-            NotificationState::Resolved => "resolved",
-        },
+        "state": n.state.as_str(),
         "value": n.value,
         "threshold": n.threshold,
         "window_start": rfc3339(n.window_start),
@@ -523,34 +446,74 @@ fn partial_buckets(query: &MetricQuery, now: DateTime<Utc>) -> Vec<usize> {
         .collect()
 }
 
-fn metric_request(
+/// One of the dashboard's GetMetrics queries: no filter, the top
+/// [`DASHBOARD_TOP`] groups when grouped.
+fn dashboard_query(
     metric: Metric,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
     granularity: Granularity,
-    group_by: proto::Dimension,
-) -> proto::GetMetricsRequest {
-    let metric = match metric {
-        Metric::Events => proto::Metric::Events,
-        Metric::UniqueUsers => proto::Metric::UniqueUsers,
-        Metric::Pageviews => proto::Metric::Pageviews,
-        Metric::Purchases => proto::Metric::Purchases,
-        Metric::Revenue => proto::Metric::Revenue,
-        Metric::Quantity => proto::Metric::Quantity,
+    group_by: Dimension,
+) -> Result<MetricQuery, Error> {
+    let limit = if group_by == Dimension::None {
+        0
+    } else {
+        DASHBOARD_TOP
     };
-    proto::GetMetricsRequest {
-        metric: metric as i32,
-        start: Some(to_timestamp(start)),
-        end: Some(to_timestamp(end)),
-        granularity: proto_granularity(granularity) as i32,
-        filter: None,
-        group_by: group_by as i32,
-        limit: if group_by == proto::Dimension::Unspecified {
-            0
-        } else {
-            DASHBOARD_TOP
-        },
+    MetricQuery::new(
+        metric,
+        start,
+        end,
+        granularity,
+        Filter::default(),
+        group_by,
+        limit,
+    )
+}
+
+/// Where each panel's answer sits in [`dashboard_queries`]' list.
+mod panel {
+    pub const EVENTS_BY_TYPE: usize = 0;
+    pub const EVENTS: usize = 1;
+    pub const PAGEVIEWS: usize = 2;
+    pub const UNIQUE_USERS: usize = 3;
+    pub const REVENUE: usize = 4;
+    pub const PURCHASES: usize = 5;
+    pub const TOP_PAGES: usize = 6;
+    pub const TOP_PRODUCTS: usize = 7;
+    pub const USERS_TOTAL: usize = 8;
+    /// The KPIs over the previous period, in `KPIS` order.
+    pub const PREVIOUS: usize = 9;
+}
+
+/// Series over the range, top lists, then the KPIs' totals that the series
+/// do not give (distinct users) and the previous period's, in [`panel`]
+/// order.
+fn dashboard_queries(
+    range: (DateTime<Utc>, DateTime<Utc>),
+    previous: (DateTime<Utc>, DateTime<Utc>),
+    granularity: Granularity,
+) -> Result<Vec<MetricQuery>, Error> {
+    use Dimension as D;
+    let mut queries = vec![
+        dashboard_query(Metric::Events, range, granularity, D::EventType)?,
+        dashboard_query(Metric::Events, range, granularity, D::None)?,
+        dashboard_query(Metric::Pageviews, range, granularity, D::None)?,
+        dashboard_query(Metric::UniqueUsers, range, granularity, D::None)?,
+        dashboard_query(Metric::Revenue, range, granularity, D::None)?,
+        dashboard_query(Metric::Purchases, range, granularity, D::None)?,
+        dashboard_query(Metric::Pageviews, range, Granularity::Total, D::PageUrl)?,
+        dashboard_query(Metric::Revenue, range, Granularity::Total, D::ProductId)?,
+        dashboard_query(Metric::UniqueUsers, range, Granularity::Total, D::None)?,
+    ];
+    for metric in KPIS {
+        queries.push(dashboard_query(
+            metric,
+            previous,
+            Granularity::Total,
+            D::None,
+        )?);
     }
+    Ok(queries)
 }
 
 /// The one series of an ungrouped answer (all zeros when nothing matched).
@@ -562,133 +525,94 @@ fn single(series: &[SeriesValues], buckets: usize) -> SeriesValues {
     })
 }
 
+/// Each KPI's value, its value over the previous period and the change.
+fn kpis_json(answers: &[Vec<SeriesValues>], buckets: usize) -> serde_json::Map<String, Value> {
+    let total = |i: usize, n: usize| single(&answers[i], n).total;
+    let mut kpis = serde_json::Map::new();
+    for (k, metric) in KPIS.into_iter().enumerate() {
+        let value = match metric {
+            Metric::Events => total(panel::EVENTS, buckets),
+            Metric::Pageviews => total(panel::PAGEVIEWS, buckets),
+            Metric::UniqueUsers => total(panel::USERS_TOTAL, 1),
+            Metric::Revenue => total(panel::REVENUE, buckets),
+            _ => total(panel::PURCHASES, buckets),
+        };
+        let previous = total(panel::PREVIOUS + k, 1);
+        // No change can be stated against nothing: the page shows "—".
+        let change = (previous != 0.0).then(|| (value - previous) / previous);
+        kpis.insert(
+            metric.as_str().to_owned(),
+            json!({ "value": value, "previous": previous, "change": change }),
+        );
+    }
+    kpis
+}
+
 /// `GET /api/v1/dashboard`: every panel of the page in one answer, so a
 /// refresh is one request. Each number is a GetMetrics answer computed by
-/// [`get_metrics`] (the gRPC path), rules and notifications are those of
-/// `/alerts/rules` and `/alerts/notifications`; each KPI also carries its
-/// value over the previous period of the same length.
+/// [`Queries::answer`](crate::query::Queries::answer) (the gRPC path),
+/// rules and notifications are those of `/alerts/rules` and
+/// `/alerts/notifications`; each KPI also carries its value over the
+/// previous period of the same length.
 pub async fn dashboard(
     State(state): State<HttpState>,
     params: Result<Query<DashboardParams>, QueryRejection>,
 ) -> ApiResult {
-    use proto::Dimension as D;
     let p = query_params(params)?;
     let now = Utc::now();
     let (start, end, granularity, range) = dashboard_range(&p, now)?;
     let (prev_start, prev_end) = (start - (end - start), start);
-
-    // Series over the range, top lists, then the KPIs' totals that the
-    // series do not give (distinct users) and the previous period's.
-    let mut requests = vec![
-        metric_request(Metric::Events, start, end, granularity, D::EventType),
-        metric_request(Metric::Events, start, end, granularity, D::Unspecified),
-        metric_request(Metric::Pageviews, start, end, granularity, D::Unspecified),
-        metric_request(Metric::UniqueUsers, start, end, granularity, D::Unspecified),
-        metric_request(Metric::Revenue, start, end, granularity, D::Unspecified),
-        metric_request(Metric::Purchases, start, end, granularity, D::Unspecified),
-        metric_request(
-            Metric::Pageviews,
-            start,
-            end,
-            Granularity::Total,
-            D::PageUrl,
-        ),
-        metric_request(
-            Metric::Revenue,
-            start,
-            end,
-            Granularity::Total,
-            D::ProductId,
-        ),
-        metric_request(
-            Metric::UniqueUsers,
-            start,
-            end,
-            Granularity::Total,
-            D::Unspecified,
-        ),
-    ];
-    let first_previous = requests.len();
-    for metric in KPIS {
-        requests.push(metric_request(
-            metric,
-            prev_start,
-            prev_end,
-            Granularity::Total,
-            D::Unspecified,
-        ));
-    }
-    let metrics = futures::stream::iter(requests)
-        .map(|request| get_metrics(&state, request))
+    let queries = dashboard_queries((start, end), (prev_start, prev_end), granularity)?;
+    let answers = futures::stream::iter(queries.clone())
+        .map(|query| {
+            let queries = state.query.clone();
+            async move { queries.answer(&query).await }
+        })
         .buffered(DASHBOARD_PARALLEL)
         .try_collect::<Vec<_>>();
     let (answers, rules, (notifications, last_id)) = tokio::try_join!(
-        metrics,
+        answers,
         rules_json(&state),
         notifications_json(&state, p.after_id, p.limit),
     )?;
+    let approximate = answers.iter().any(|(_, approximate)| *approximate);
+    let answers: Vec<Vec<SeriesValues>> = answers.into_iter().map(|(s, _)| s).collect();
 
-    let (query, ..) = &answers[1];
+    let query = &queries[panel::EVENTS];
     let buckets = query.bucket_starts();
     let n = buckets.len();
-    let approximate = answers.iter().any(|(_, _, approximate)| *approximate);
-    let series_of = |i: usize| single(&answers[i].1, n);
-    let (by_type, events, pageviews, users, revenue, purchases) = (
-        &answers[0].1,
-        series_of(1),
-        series_of(2),
-        series_of(3),
-        series_of(4),
-        series_of(5),
-    );
+    let values = |i: usize| {
+        let s = single(&answers[i], n);
+        json!({ "total": s.total, "values": s.values })
+    };
     let top = |i: usize| -> Vec<Value> {
         answers[i]
-            .1
             .iter()
             .map(|s| json!({ "group": s.group, "total": s.total }))
             .collect()
     };
-    let users_total = single(&answers[8].1, 1).total;
-    let mut kpis = serde_json::Map::new();
-    for (k, metric) in KPIS.into_iter().enumerate() {
-        let value = match metric {
-            Metric::Events => events.total,
-            Metric::Pageviews => pageviews.total,
-            Metric::UniqueUsers => users_total,
-            Metric::Revenue => revenue.total,
-            _ => purchases.total,
-        };
-        let previous = single(&answers[first_previous + k].1, 1).total;
-        // No change can be stated against nothing: the page shows "—".
-        let change = (previous != 0.0).then(|| (value - previous) / previous);
-        kpis.insert(
-            metric_name(metric).to_owned(),
-            json!({ "value": value, "previous": previous, "change": change }),
-        );
-    }
-    let values = |s: &SeriesValues| json!({ "total": s.total, "values": s.values });
     Ok(Json(json!({
         "range": range,
         "start": rfc3339(start),
         "end": rfc3339(end),
         "now": rfc3339(now),
-        "granularity": granularity_name(granularity),
+        "granularity": granularity.as_str(),
         "buckets": buckets.into_iter().map(rfc3339).collect::<Vec<_>>(),
         "partial": partial_buckets(query, now),
         "previous": { "start": rfc3339(prev_start), "end": rfc3339(prev_end) },
         "currency": state.dashboard.currency,
         "approximate": approximate,
-        "kpis": kpis,
+        "kpis": kpis_json(&answers, n),
         "series": {
-            "events_by_type": by_type.iter().map(series_json).collect::<Vec<_>>(),
-            "events": values(&events),
-            "pageviews": values(&pageviews),
-            "unique_users": values(&users),
-            "revenue": values(&revenue),
-            "purchases": values(&purchases),
+            "events_by_type": answers[panel::EVENTS_BY_TYPE].iter().map(series_json).collect::<Vec<_>>(),
+            "events": values(panel::EVENTS),
+            "pageviews": values(panel::PAGEVIEWS),
+            "unique_users": values(panel::UNIQUE_USERS),
+            "revenue": values(panel::REVENUE),
+            "purchases": values(panel::PURCHASES),
         },
-        "top_pages": top(6),
-        "top_products": top(7),
+        "top_pages": top(panel::TOP_PAGES),
+        "top_products": top(panel::TOP_PRODUCTS),
         "rules": rules,
         "notifications": notifications,
         "last_id": last_id,
@@ -755,16 +679,15 @@ mod tests {
 
     #[test]
     fn names_accept_the_proto_spelling_too() {
-        assert_eq!(
-            parse_metric("METRIC_REVENUE").unwrap(),
-            proto::Metric::Revenue
-        );
-        assert_eq!(parse_metric("pageviews").unwrap(), proto::Metric::Pageviews);
-        assert!(parse_metric("clicks").is_err());
+        let metric = |t| parse_name("metric", "metric_", t, Metric::parse, Metric::names);
+        assert_eq!(metric("METRIC_REVENUE").unwrap(), Metric::Revenue);
+        assert_eq!(metric("pageviews").unwrap(), Metric::Pageviews);
+        assert!(metric("clicks").is_err());
         assert_eq!(
             parse_dimension("DIMENSION_PAGE_URL").unwrap(),
-            proto::Dimension::PageUrl
+            Dimension::PageUrl
         );
+        assert_eq!(parse_dimension("").unwrap(), Dimension::None);
         assert_eq!(parse_granularity("hour").unwrap(), Granularity::Hour);
     }
 }

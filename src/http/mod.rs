@@ -26,8 +26,8 @@ use crate::auth::KeySet;
 use crate::config::DashboardSettings;
 use crate::db::{PgPool, PoolRole};
 use crate::domain::key::Scope;
-use crate::grpc::query::QueryApi;
 use crate::limits::{KeyLimits, QuerySlot};
+use crate::query::Queries;
 use crate::telemetry::{HttpLabels, Metrics};
 
 /// What HTTP handlers share.
@@ -39,7 +39,7 @@ pub struct HttpState {
     /// Every pool of the primary, for the pool gauges of `/metrics`.
     pub pools: Vec<(PoolRole, PgPool)>,
     /// GetMetrics itself, so the dashboard's numbers are GetMetrics' numbers.
-    pub query: QueryApi,
+    pub query: Queries,
     /// The API keys; `/api/v1/*` needs scope `query`.
     pub keys: Arc<KeySet>,
     /// Every `/api/v1` request with a key takes one query of its budget.

@@ -65,7 +65,7 @@ struct CsvFile {
 }
 
 fn io_error(path: &Path, error: std::io::Error) -> Error {
-    Error::Internal(format!("writing {}: {error}", path.display()))
+    Error::Internal(format!("writing {}: {error}", path.display()).into())
 }
 
 impl CsvFile {

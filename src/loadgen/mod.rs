@@ -203,7 +203,7 @@ pub async fn run(settings: LoadgenSettings) -> Result<()> {
                 csv::write_all(&generator, &dir, events, users).map(|s| (s, dir))
             })
             .await
-            .map_err(|e| Error::Internal(format!("the CSV writer failed: {e}")))?;
+            .map_err(|e| Error::internal("the CSV writer failed", e))?;
             let (summary, dir) = summary?;
             summary.print(&dir);
             Ok(())

@@ -378,11 +378,14 @@ pub async fn run(settings: &LoadgenSettings, generator: Generator) -> Result<()>
     let mut channels = Vec::with_capacity(settings.concurrency);
     for _ in 0..settings.concurrency {
         channels.push(endpoint.connect().await.map_err(|e| {
-            Error::Unavailable(format!(
-                "cannot connect to Pulse at {target} ({}): is `pulse serve` running \
+            Error::Unavailable(
+                format!(
+                    "cannot connect to Pulse at {target} ({}): is `pulse serve` running \
                          there? (--grpc-addr / PULSE_LOADGEN_GRPC_ADDR, now {addr})",
-                chain(&e)
-            ))
+                    chain(&e)
+                )
+                .into(),
+            )
         })?);
     }
 
@@ -446,7 +449,7 @@ pub async fn run(settings: &LoadgenSettings, generator: Generator) -> Result<()>
     for handle in workers {
         let part = handle
             .await
-            .map_err(|e| Error::Internal(format!("a loadgen worker failed: {e}")))?;
+            .map_err(|e| Error::internal("a loadgen worker failed", e))?;
         tally.merge(part);
     }
     let wall = t0.elapsed().as_secs_f64();
@@ -511,10 +514,13 @@ pub async fn run(settings: &LoadgenSettings, generator: Generator) -> Result<()>
         return Err(error);
     }
     if tally.failed > 0 {
-        return Err(Error::Unavailable(format!(
-            "{} of {} events sent were not acknowledged by {} (failures above)",
-            tally.failed, tally.sent, shared.target
-        )));
+        return Err(Error::Unavailable(
+            format!(
+                "{} of {} events sent were not acknowledged by {} (failures above)",
+                tally.failed, tally.sent, shared.target
+            )
+            .into(),
+        ));
     }
     Ok(())
 }

@@ -28,6 +28,7 @@
 pub mod cache;
 mod merge;
 mod names;
+mod service;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -43,6 +44,7 @@ use crate::domain::metric::{
 use crate::error::{Error, Result};
 use cache::{Bucket, BucketCache, CountRows, Shape};
 pub use names::Names;
+pub use service::Queries;
 
 /// How an answer used the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,10 +122,9 @@ impl Engine {
         q: &MetricQuery,
         read: &RollupRead,
     ) -> Result<Answer> {
-        let dimension = read
-            .dimension
-            .rollup_code()
-            .ok_or_else(|| Error::Internal(format!("{:?} has no rollup rows", read.dimension)))?;
+        let dimension = read.dimension.rollup_code().ok_or_else(|| {
+            Error::Internal(format!("{:?} has no rollup rows", read.dimension).into())
+        })?;
         let value = match &read.value {
             None => None,
             Some(v) => match self.names.value_id(conn, dimension, v).await? {

@@ -182,7 +182,7 @@ pub struct TestApp {
     pub http_addr: SocketAddr,
     pub channel: Channel,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<pulse::error::Result<()>>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestApp {
@@ -247,7 +247,7 @@ impl TestApp {
     }
 
     /// Signals shutdown and waits for the server to return.
-    pub async fn shutdown(mut self) -> pulse::error::Result<()> {
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop_and_wait().await
     }
 
@@ -259,11 +259,11 @@ impl TestApp {
     }
 
     /// Waits for the server to return after [`TestApp::begin_shutdown`].
-    pub async fn wait_stopped(&mut self) -> pulse::error::Result<()> {
+    pub async fn wait_stopped(&mut self) -> anyhow::Result<()> {
         self.stop_and_wait().await
     }
 
-    async fn stop_and_wait(&mut self) -> pulse::error::Result<()> {
+    async fn stop_and_wait(&mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
