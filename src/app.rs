@@ -244,14 +244,14 @@ impl Core {
         stop: &CancellationToken,
     ) -> HealthServer<impl Health> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        for service in db::health::HEALTH_SERVICES {
+        for service in crate::grpc::health::HEALTH_SERVICES {
             reporter
                 .set_service_status(service, ServingStatus::NotServing)
                 .await;
         }
         tasks.spawn(
             "health",
-            db::health::watch_database(
+            crate::grpc::health::watch_database(
                 self.settings.database.url.clone(),
                 reporter,
                 self.metrics.clone(),

@@ -114,7 +114,7 @@ impl KeySet {
     /// Resolves once `key_id` is no longer an accepted key (revoked, as
     /// seen by a reload); at once if it is not one now. Never resolves for
     /// a key that stays, even if the set is dropped.
-    pub fn revoked(&self, key_id: Uuid) -> impl Future<Output = ()> + Send + 'static {
+    pub fn revoked(&self, key_id: Uuid) -> impl Future<Output = ()> + Send + 'static + use<> {
         let mut updates = self.keys.subscribe();
         async move {
             if updates

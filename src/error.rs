@@ -34,6 +34,8 @@ use std::fmt;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
+use crate::limits::Exceeded;
+
 /// A boxed cause, kept for the log.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -96,8 +98,12 @@ pub enum Error {
     InvalidArgument(String),
     /// The named thing does not exist.
     NotFound(String),
-    /// A limit was hit (size, rate, concurrency); the message says which.
+    /// A limit was hit (size, budget); the message says which.
     ResourceExhausted(String),
+    /// A per-key rate or concurrency limit was hit: `RESOURCE_EXHAUSTED`
+    /// with how long to wait (gRPC `retry-after`/`retry-after-ms` metadata,
+    /// HTTP `Retry-After`).
+    Throttled(Exceeded),
     /// The database is unreachable or overloaded; retrying later may work.
     Unavailable(Cause),
     /// No valid API key came with the call (missing, unknown or revoked).
@@ -123,6 +129,7 @@ impl fmt::Display for Error {
             | Error::PermissionDenied(m)
             | Error::FailedPrecondition(m)
             | Error::Unimplemented(m) => f.write_str(m),
+            Error::Throttled(exceeded) => f.write_str(&exceeded.message),
             Error::Unavailable(cause) => f.write_str(&cause.message),
             Error::Internal(cause) => write!(f, "internal error: {}", cause.message),
         }
@@ -173,7 +180,7 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => "INVALID_ARGUMENT",
             Error::NotFound(_) => "NOT_FOUND",
-            Error::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
+            Error::ResourceExhausted(_) | Error::Throttled(_) => "RESOURCE_EXHAUSTED",
             Error::Unavailable(_) => "UNAVAILABLE",
             Error::Unauthenticated(_) => "UNAUTHENTICATED",
             Error::PermissionDenied(_) => "PERMISSION_DENIED",
@@ -193,7 +200,7 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => tonic::Code::InvalidArgument,
             Error::NotFound(_) => tonic::Code::NotFound,
-            Error::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
+            Error::ResourceExhausted(_) | Error::Throttled(_) => tonic::Code::ResourceExhausted,
             Error::Unavailable(_) => tonic::Code::Unavailable,
             Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
             Error::PermissionDenied(_) => tonic::Code::PermissionDenied,
@@ -208,7 +215,9 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => http::StatusCode::BAD_REQUEST,
             Error::NotFound(_) => http::StatusCode::NOT_FOUND,
-            Error::ResourceExhausted(_) => http::StatusCode::TOO_MANY_REQUESTS,
+            Error::ResourceExhausted(_) | Error::Throttled(_) => {
+                http::StatusCode::TOO_MANY_REQUESTS
+            }
             Error::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthenticated(_) => http::StatusCode::UNAUTHORIZED,
             Error::PermissionDenied(_) => http::StatusCode::FORBIDDEN,
@@ -222,7 +231,19 @@ impl Error {
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         error.log_internal();
-        tonic::Status::new(error.grpc_code(), error.client_message())
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        if let Error::Throttled(exceeded) = &error {
+            metadata.insert("retry-after", exceeded.retry_after_seconds().into());
+            let millis = u64::try_from(exceeded.retry_after.as_millis()).unwrap_or(u64::MAX);
+            metadata.insert("retry-after-ms", millis.into());
+        }
+        tonic::Status::with_metadata(error.grpc_code(), error.client_message(), metadata)
+    }
+}
+
+impl From<Exceeded> for Error {
+    fn from(exceeded: Exceeded) -> Self {
+        Error::Throttled(exceeded)
     }
 }
 

@@ -12,8 +12,10 @@
 //! costs even if that is more than is left (a message of 5,000 events under
 //! a 1,000 events/s limit passes once, then the key waits 4 s), so no
 //! request is too big to ever pass and the long-run rate is exact. A
-//! refusal carries how long to wait: in the message, in `retry-after`
-//! metadata (whole seconds, as HTTP's `Retry-After`) and `retry-after-ms`.
+//! refusal ([`Exceeded`], which becomes [`Error::Throttled`](crate::error::Error::Throttled))
+//! carries how long to wait: in the message, in `retry-after` metadata
+//! (whole seconds, as HTTP's `Retry-After`) and `retry-after-ms`, or the
+//! `Retry-After` header over HTTP.
 //!
 //! Calls without a key (no key exists, loopback only) are not limited.
 //! A limit of 0 turns that limit off.
@@ -47,27 +49,6 @@ pub struct Exceeded {
 }
 
 impl Exceeded {
-    /// `RESOURCE_EXHAUSTED` with the retry hint in the message and metadata.
-    pub fn into_status(self) -> tonic::Status {
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        metadata.insert(
-            "retry-after",
-            self.retry_after_seconds()
-                .to_string()
-                .parse()
-                .expect("digits"),
-        );
-        metadata.insert(
-            "retry-after-ms",
-            self.retry_after
-                .as_millis()
-                .to_string()
-                .parse()
-                .expect("digits"),
-        );
-        tonic::Status::with_metadata(tonic::Code::ResourceExhausted, self.message, metadata)
-    }
-
     /// The wait in whole seconds, rounded up (HTTP `Retry-After`).
     pub fn retry_after_seconds(&self) -> u64 {
         self.retry_after.as_millis().div_ceil(1000).max(1) as u64
@@ -288,10 +269,10 @@ mod tests {
             "{refused:?}"
         );
         assert!(refused.message.contains("retry after"));
-        assert_eq!(
-            refused.clone().into_status().code(),
-            tonic::Code::ResourceExhausted
-        );
+        let status = tonic::Status::from(crate::error::Error::from(refused.clone()));
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.metadata().get("retry-after").is_some());
+        assert!(status.metadata().get("retry-after-ms").is_some());
         // Another key has its own budget; a zero limit is no limit.
         assert!(l.take_events(Uuid::now_v7(), 1).is_ok());
         for _ in 0..1000 {
@@ -322,7 +303,10 @@ mod tests {
             panic!("a third query of a key capped at 2 passed");
         };
         assert!(refused.message.contains("PULSE_KEY_MAX_CONCURRENT_QUERIES"));
-        assert_eq!(refused.into_status().code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            tonic::Status::from(crate::error::Error::from(refused)).code(),
+            tonic::Code::ResourceExhausted
+        );
         // A slot that frees up within the wait is taken.
         let waiting = tokio::spawn({
             let l = l.clone();

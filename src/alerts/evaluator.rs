@@ -139,7 +139,7 @@ async fn still_held(lock: &mut Option<AsyncPgConnection>) -> bool {
         return false;
     };
     matches!(
-        tokio::time::timeout(LOCK_PING_TIMEOUT, db::admin::ping(conn)).await,
+        tokio::time::timeout(LOCK_PING_TIMEOUT, db::server::ping(conn)).await,
         Ok(Ok(()))
     )
 }

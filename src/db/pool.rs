@@ -148,7 +148,7 @@ pub async fn ensure_database(url: &str) -> Result<()> {
     let mut conn = AsyncPgConnection::establish(admin_url.as_str())
         .await
         .map_err(|e| cannot_connect(admin_url.as_str(), e))?;
-    if super::admin::database_exists(&mut conn, &name).await? {
+    if super::server::database_exists(&mut conn, &name).await? {
         return Ok(());
     }
     match conn

@@ -114,7 +114,7 @@ where
                 // handler's future does nothing until polled, so it only
                 // starts once the slot is taken.
                 if let Err(exceeded) = self.limits.take_query(caller.key_id) {
-                    return refuse(exceeded.into_status());
+                    return refuse(tonic::Status::from(crate::error::Error::from(exceeded)));
                 }
                 request.extensions_mut().insert::<Caller>(caller);
                 let call = self.inner.call(request);
@@ -122,7 +122,10 @@ where
                 Either::Left(Either::Right(Box::pin(async move {
                     match limits.start_query(caller.key_id).await {
                         Ok(_slot) => call.await,
-                        Err(exceeded) => Ok(exceeded.into_status().into_http()),
+                        Err(exceeded) => Ok(tonic::Status::from(crate::error::Error::from(
+                            exceeded,
+                        ))
+                        .into_http()),
                     }
                 })))
             }

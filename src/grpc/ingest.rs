@@ -206,8 +206,176 @@ fn stream_error(status: Status, max_message_bytes: usize) -> Status {
     status
 }
 
+/// Resolves when the caller's key is revoked; never without a key.
+fn revocation(keys: &KeySet, key_id: Option<uuid::Uuid>) -> impl Future<Output = ()> + use<> {
+    let revocation = key_id.map(|id| keys.revoked(id));
+    async move {
+        match revocation {
+            Some(revoked) => revoked.await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// What a stream reports back: every event's index, the rejections (the
+/// first `max_errors_reported` of them in detail).
+#[derive(Default)]
+struct Report {
+    /// Events seen so far; the next event's index.
+    index: u64,
+    rejected: u64,
+    errors: Vec<EventError>,
+}
+
+impl Report {
+    /// The answer of a stream whose every batch was written.
+    fn finish(self, totals: Totals) -> IngestEventsResponse {
+        tracing::info!(
+            events = self.index,
+            accepted = totals.accepted,
+            duplicates = totals.duplicates,
+            rejected = self.rejected,
+            "ingest stream done"
+        );
+        IngestEventsResponse {
+            accepted: totals.accepted,
+            duplicates: totals.duplicates,
+            rejected: self.rejected,
+            errors: self.errors,
+        }
+    }
+}
+
+/// One message's events, checked: the valid ones with their stream
+/// indexes, and the rejected ones.
+struct Checked {
+    valid: Vec<ValidEvent>,
+    positions: Vec<u64>,
+    rejections: Vec<(u64, String, Rejection)>,
+}
+
+impl IngestApi {
+    /// The checks of a whole message (size, the key's events/s, `sent_at`)
+    /// and the clock its events are judged by; a failure ends the stream.
+    fn admit(
+        &self,
+        caller: Option<Caller>,
+        message: &IngestEventsRequest,
+    ) -> Result<Clock, Status> {
+        let limits = &self.state.limits;
+        if message.events.len() > limits.max_events_per_message {
+            return Err(Status::invalid_argument(format!(
+                "a message holds {} events; the limit is {} (PULSE_MAX_EVENTS_PER_MESSAGE): send more, smaller messages",
+                message.events.len(),
+                limits.max_events_per_message
+            )));
+        }
+        if let Some(caller) = caller {
+            self.state
+                .key_limits
+                .take_events(caller.key_id, message.events.len() as u64)
+                .map_err(Error::from)?;
+        }
+        let sent_at = match &message.sent_at {
+            None => None,
+            Some(ts) => Some(
+                convert::timestamp(ts)
+                    .ok_or_else(|| Status::invalid_argument("sent_at is out of range"))?,
+            ),
+        };
+        Ok(Clock {
+            received_at: chrono::Utc::now(),
+            sent_at,
+        })
+    }
+
+    /// Validates each event of a message, numbering them from `index`.
+    fn check(&self, events: Vec<Event>, clock: &Clock, index: &mut u64) -> Checked {
+        let limits = &self.state.limits;
+        let event_limits = EventLimits {
+            max_data_bytes: limits.max_data_bytes,
+            max_string_bytes: limits.max_string_bytes,
+        };
+        let mut checked = Checked {
+            valid: Vec::with_capacity(events.len()),
+            positions: Vec::with_capacity(events.len()),
+            rejections: Vec::new(),
+        };
+        for event in events {
+            let event_id = event.event_id.clone();
+            let result = RawEvent::try_from(event)
+                .and_then(|raw| validate(raw, clock, &event_limits))
+                .and_then(|valid| within_retention(valid, clock, self.state.retention));
+            match result {
+                Ok(event) => {
+                    checked.valid.push(event);
+                    checked.positions.push(*index);
+                }
+                Err(rejection) => checked.rejections.push((*index, event_id, rejection)),
+            }
+            *index += 1;
+        }
+        checked
+    }
+
+    /// Registers the types this process has not seen before the batch is
+    /// formed; past `--max-event-types` their events alone are rejected.
+    async fn resolve_types(&self, mut checked: Checked) -> Result<Checked, Error> {
+        let state = &self.state;
+        let new_types: Vec<&str> = checked
+            .valid
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .filter(|t| state.cache.type_id(t).is_none())
+            .collect();
+        if new_types.is_empty() {
+            return Ok(checked);
+        }
+        let refused = register_new_types(state, &new_types).await?;
+        if refused.is_empty() {
+            return Ok(checked);
+        }
+        let mut kept = Vec::with_capacity(checked.valid.len());
+        for (event, position) in checked.valid.into_iter().zip(checked.positions.drain(..)) {
+            if refused.contains(&event.event_type) {
+                checked.rejections.push((
+                    position,
+                    event.event_id.to_string(),
+                    type_limit_rejection(&event.event_type, state.limits.max_event_types),
+                ));
+            } else {
+                kept.push(event);
+            }
+        }
+        checked.valid = kept;
+        checked.rejections.sort_by_key(|(position, ..)| *position);
+        Ok(checked)
+    }
+
+    /// Counts a message's rejections and keeps the first ones in detail.
+    fn report(&self, report: &mut Report, rejections: Vec<(u64, String, Rejection)>) {
+        for (position, event_id, rejection) in rejections {
+            report.rejected += 1;
+            self.state
+                .metrics
+                .count_ingest(&format!("rejected_{}", rejection.class), 1);
+            if report.errors.len() < self.state.limits.max_errors_reported {
+                report.errors.push(EventError {
+                    index: position,
+                    event_id: crate::text::truncate(&event_id, 64).to_owned(),
+                    reason: rejection.reason,
+                });
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl IngestService for IngestApi {
+    /// Reads messages, checks them and hands valid events to the writer
+    /// task (`write_loop`) through a channel of two batches, so reading
+    /// the next message overlaps writing the last. A revoked key ends the
+    /// stream at once; a failed message ends it after what was sent before.
     async fn ingest_events(
         &self,
         request: Request<Streaming<IngestEventsRequest>>,
@@ -218,34 +386,19 @@ impl IngestService for IngestApi {
         let _stream_slot = caller
             .map(|c| state.key_limits.open_stream(c.key_id))
             .transpose()
-            .map_err(|exceeded| exceeded.into_status())?;
+            .map_err(Error::from)?;
         let _in_flight = InFlight::new(state.metrics.clone());
-        let limits = state.limits.clone();
-        let event_limits = EventLimits {
-            max_data_bytes: limits.max_data_bytes,
-            max_string_bytes: limits.max_string_bytes,
-        };
         let mut stream = request.into_inner();
         let (batches, receiver) = mpsc::channel::<Vec<ValidEvent>>(2);
         let cut = CancellationToken::new();
         let writer = tokio::spawn(write_loop(state.clone(), receiver, cut.clone()));
-        // Resolves when the caller's key is revoked; never without a key.
         let key_id = caller.map(|c| c.key_id);
-        let revocation = key_id.map(|id| state.keys.revoked(id));
-        let mut revoked = std::pin::pin!(async move {
-            match revocation {
-                Some(revoked) => revoked.await,
-                None => std::future::pending().await,
-            }
-        });
+        let mut revoked = std::pin::pin!(revocation(&state.keys, key_id));
         let revoked_failure =
             || key_id.map_or_else(|| Status::unauthenticated("revoked"), revoked_status);
 
-        let mut index: u64 = 0;
-        let mut rejected: u64 = 0;
-        let mut errors: Vec<EventError> = Vec::new();
+        let mut report = Report::default();
         let mut failure: Option<Status> = None;
-
         loop {
             let next = tokio::select! {
                 biased;
@@ -260,143 +413,52 @@ impl IngestService for IngestApi {
                 Ok(Some(message)) => message,
                 Ok(None) => break,
                 Err(status) => {
-                    failure = Some(stream_error(status, limits.max_message_bytes));
+                    failure = Some(stream_error(status, state.limits.max_message_bytes));
                     break;
                 }
             };
-            if message.events.len() > limits.max_events_per_message {
-                failure = Some(Status::invalid_argument(format!(
-                    "a message holds {} events; the limit is {} (PULSE_MAX_EVENTS_PER_MESSAGE): send more, smaller messages",
-                    message.events.len(),
-                    limits.max_events_per_message
-                )));
-                break;
-            }
-            if let Some(caller) = caller
-                && let Err(exceeded) = state
-                    .key_limits
-                    .take_events(caller.key_id, message.events.len() as u64)
-            {
-                failure = Some(exceeded.into_status());
-                break;
-            }
-            let sent_at = match &message.sent_at {
-                None => None,
-                Some(ts) => match convert::timestamp(ts) {
-                    Some(t) => Some(t),
-                    None => {
-                        failure = Some(Status::invalid_argument("sent_at is out of range"));
-                        break;
-                    }
-                },
-            };
-            let clock = Clock {
-                received_at: chrono::Utc::now(),
-                sent_at,
-            };
-            let mut valid = Vec::with_capacity(message.events.len());
-            // The stream index of each valid event, and this message's
-            // rejections, reported in index order once types are resolved.
-            let mut positions: Vec<u64> = Vec::with_capacity(message.events.len());
-            let mut message_errors: Vec<(u64, String, Rejection)> = Vec::new();
-            for event in message.events {
-                let event_id = event.event_id.clone();
-                let checked = RawEvent::try_from(event)
-                    .and_then(|raw| validate(raw, &clock, &event_limits))
-                    .and_then(|valid| within_retention(valid, &clock, state.retention));
-                match checked {
-                    Ok(event) => {
-                        valid.push(event);
-                        positions.push(index);
-                    }
-                    Err(rejection) => message_errors.push((index, event_id, rejection)),
-                }
-                index += 1;
-            }
-            // Types this process has not seen are registered before the
-            // batch is formed; past --max-event-types their events alone
-            // are rejected.
-            let new_types: Vec<&str> = valid
-                .iter()
-                .map(|e| e.event_type.as_str())
-                .filter(|t| state.cache.type_id(t).is_none())
-                .collect();
-            if !new_types.is_empty() {
-                let refused = match register_new_types(&state, &new_types).await {
-                    Ok(refused) => refused,
-                    Err(error) => {
-                        failure = Some(error.into());
-                        break;
-                    }
-                };
-                if !refused.is_empty() {
-                    let mut kept = Vec::with_capacity(valid.len());
-                    for (event, position) in valid.into_iter().zip(positions) {
-                        if refused.contains(&event.event_type) {
-                            message_errors.push((
-                                position,
-                                event.event_id.to_string(),
-                                type_limit_rejection(&event.event_type, limits.max_event_types),
-                            ));
-                        } else {
-                            kept.push(event);
-                        }
-                    }
-                    valid = kept;
-                    message_errors.sort_by_key(|(position, ..)| *position);
-                }
-            }
-            for (position, event_id, rejection) in message_errors {
-                rejected += 1;
-                state
-                    .metrics
-                    .count_ingest(&format!("rejected_{}", rejection.class), 1);
-                if errors.len() < limits.max_errors_reported {
-                    errors.push(EventError {
-                        index: position,
-                        event_id: crate::text::truncate(&event_id, 64).to_owned(),
-                        reason: rejection.reason,
-                    });
-                }
-            }
-            if !valid.is_empty() {
-                let sent = tokio::select! {
-                    biased;
-                    () = &mut revoked => {
-                        cut.cancel();
-                        failure = Some(revoked_failure());
-                        break;
-                    }
-                    sent = batches.send(valid) => sent,
-                };
-                if sent.is_err() {
-                    // The writer stopped on an error; it is reported below.
+            let clock = match self.admit(caller, &message) {
+                Ok(clock) => clock,
+                Err(status) => {
+                    failure = Some(status);
                     break;
                 }
+            };
+            let checked = self.check(message.events, &clock, &mut report.index);
+            let checked = match self.resolve_types(checked).await {
+                Ok(checked) => checked,
+                Err(error) => {
+                    failure = Some(error.into());
+                    break;
+                }
+            };
+            self.report(&mut report, checked.rejections);
+            if checked.valid.is_empty() {
+                continue;
+            }
+            let sent = tokio::select! {
+                biased;
+                () = &mut revoked => {
+                    cut.cancel();
+                    failure = Some(revoked_failure());
+                    break;
+                }
+                sent = batches.send(checked.valid) => sent,
+            };
+            if sent.is_err() {
+                // The writer stopped on an error; it is reported below.
+                break;
             }
         }
         drop(batches);
         let written = writer
             .await
-            .map_err(|e| Status::internal(format!("ingest writer task failed: {e}")))?;
-        let totals = match (failure, written) {
-            (Some(status), _) => return Err(status),
-            (None, Err(error)) => return Err(error.into()),
-            (None, Ok(totals)) => totals,
-        };
-        tracing::info!(
-            events = index,
-            accepted = totals.accepted,
-            duplicates = totals.duplicates,
-            rejected,
-            "ingest stream done"
-        );
-        Ok(Response::new(IngestEventsResponse {
-            accepted: totals.accepted,
-            duplicates: totals.duplicates,
-            rejected,
-            errors,
-        }))
+            .map_err(|e| Status::from(Error::internal("ingest writer task failed", e)))?;
+        match (failure, written) {
+            (Some(status), _) => Err(status),
+            (None, Err(error)) => Err(error.into()),
+            (None, Ok(totals)) => Ok(Response::new(report.finish(totals))),
+        }
     }
 
     async fn upsert_users(
@@ -417,7 +479,7 @@ impl IngestService for IngestApi {
             self.state
                 .key_limits
                 .take_events(caller.key_id, users.len() as u64)
-                .map_err(|exceeded| exceeded.into_status())?;
+                .map_err(Error::from)?;
         }
         // The last entry for a user id wins.
         let mut by_id = std::collections::BTreeMap::new();

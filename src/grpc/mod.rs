@@ -13,6 +13,7 @@ pub mod deadline;
 pub mod decode_errors;
 #[cfg(test)]
 mod fuzz;
+pub mod health;
 pub mod ingest;
 pub mod observe;
 pub mod query;

@@ -55,7 +55,14 @@ impl IntoResponse for ApiError {
         let body = json!({
             "error": { "code": self.0.code_name(), "message": self.0.client_message() }
         });
-        (self.0.http_status(), Json(body)).into_response()
+        let mut response = (self.0.http_status(), Json(body)).into_response();
+        if let Error::Throttled(exceeded) = &self.0 {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                exceeded.retry_after_seconds().into(),
+            );
+        }
+        response
     }
 }
 

@@ -144,14 +144,7 @@ async fn check_query_key(
                 Err(exceeded) => Err(exceeded),
             };
             slot.map(Some).map_err(|exceeded| {
-                let retry_after = exceeded.retry_after_seconds();
-                let mut response =
-                    api::ApiError::from(crate::error::Error::ResourceExhausted(exceeded.message))
-                        .into_response();
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
-                Box::new(response)
+                Box::new(api::ApiError::from(crate::error::Error::from(exceeded)).into_response())
             })
         }
         Ok(None) => Ok(None),

@@ -37,7 +37,7 @@ async fn pulse(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (bool, S
 
 async fn database_exists(name: &str) -> bool {
     let mut admin = admin_connection().await;
-    pulse::db::admin::database_exists(&mut admin, name)
+    pulse::db::server::database_exists(&mut admin, name)
         .await
         .expect("catalog query")
 }

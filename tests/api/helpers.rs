@@ -75,7 +75,7 @@ async fn ensure_template() -> String {
         .batch_execute("SELECT pg_advisory_lock(727274)")
         .await
         .expect("advisory lock");
-    let exists = pulse::db::admin::database_exists(&mut admin, &name)
+    let exists = pulse::db::server::database_exists(&mut admin, &name)
         .await
         .expect("catalog query");
     if !exists {

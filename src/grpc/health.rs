@@ -1,5 +1,6 @@
 //! Watches the database and publishes its reachability to the gRPC health
-//! service and to `/metrics`.
+//! service (`grpc.health.v1`, served by tonic-health) and to `/metrics`.
+//! Transport code: the probe itself is `db::server::ping`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use tonic_health::server::HealthReporter;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 
-use super::admin;
+use crate::db::server;
 use crate::telemetry::Metrics;
 
 /// The services whose status follows the database. The empty name is the
@@ -73,7 +74,7 @@ async fn probe(url: &str, conn: &mut Option<AsyncPgConnection>, timeout: Duratio
         if conn.is_none() {
             *conn = Some(AsyncPgConnection::establish(url).await.ok()?);
         }
-        admin::ping(conn.as_mut()?).await.ok()
+        server::ping(conn.as_mut()?).await.ok()
     };
     let up = matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(())));
     if !up {

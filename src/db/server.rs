@@ -1,4 +1,5 @@
-//! Catalog look-ups that Diesel's DSL has no table for.
+//! Questions about the PostgreSQL server itself (does a database exist,
+//! does it answer), which Diesel's DSL has no table for.
 
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Text};
