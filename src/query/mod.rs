@@ -219,59 +219,85 @@ impl Engine {
         let series_plan = plan(q.start, end, q.max_resolution());
         let total_plan = (job.shape.sets && q.granularity != Granularity::Total)
             .then(|| plan(q.start, end, 86400));
-        let mut needed: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
-        for piece in series_plan
-            .pieces
-            .iter()
-            .chain(total_plan.iter().flat_map(|p| p.pieces.iter()))
-        {
-            let step = TimeDelta::seconds(i64::from(piece.resolution));
-            let list = needed.entry(piece.resolution).or_default();
-            let mut t = piece.from;
-            while t < piece.to {
-                list.push(t.timestamp());
-                t += step;
-            }
+        let needed = needed_buckets(
+            series_plan
+                .pieces
+                .iter()
+                .chain(total_plan.iter().flat_map(|p| p.pieces.iter())),
+        );
+        let mut got = self.cached(job, needed, &live, generation);
+        self.read_raw_minutes(conn, job, live_request, &mut got, generation)
+            .await?;
+        let cache = if got.missing.is_empty() && got.raw_missing.is_empty() {
+            CacheUse::Hit
+        } else {
+            CacheUse::Miss
+        };
+        self.check_budget(got.bytes, job.q)?;
+        if !self.read_missing(conn, job, &mut got, generation).await? {
+            return Ok(None);
         }
-        let mut have: BTreeMap<(i32, i64), Arc<Bucket>> = BTreeMap::new();
-        let mut missing: Vec<(i32, i64)> = Vec::new();
-        let mut bytes = 0usize;
-        // Pages and products older than the minute horizon have no minute
-        // rows: those minutes come from raw events, cached while no delta of
-        // theirs is pending (a pending delta means events the cached read
-        // may not hold; the raw read holds them, so their deltas are
-        // dropped from the merge).
+        tracing::debug!(
+            live_ms,
+            live_rows = live.rows.len(),
+            buckets = got.have.len(),
+            missing = got.missing.len(),
+            first_missing = ?got.missing.first(),
+            read_ms = started.elapsed().as_secs_f64() * 1e3 - live_ms,
+            "rollup reads"
+        );
+        Ok(Some(Merged {
+            live,
+            raw_minutes: got.raw_minutes,
+            have: got.have,
+            series_plan: series_plan.pieces,
+            total_plan: total_plan.map(|p| p.pieces),
+            cache,
+        }))
+    }
+
+    /// The buckets of `needed` the cache holds valid at `generation`, and
+    /// the list of those to read.
+    ///
+    /// Pages and products older than the minute horizon have no minute
+    /// rows: those minutes come from raw events, cached while no delta of
+    /// theirs is pending (a pending delta means events the cached read may
+    /// not hold; the raw read holds them, so their deltas are dropped from
+    /// the merge).
+    fn cached(
+        &self,
+        job: &Job<'_>,
+        needed: BTreeMap<i32, Vec<i64>>,
+        live: &Live,
+        generation: i64,
+    ) -> Gathered {
         let raw_before = live
             .horizon
             .filter(|_| job.shape.dimension != 0)
             .map(|h| h.timestamp());
-        let pending: HashSet<i64> = live
-            .rows
-            .iter()
-            .filter(|r| r.delta)
-            .map(|r| r.t.timestamp())
-            .collect();
+        let mut got = Gathered {
+            pending: live
+                .rows
+                .iter()
+                .filter(|r| r.delta)
+                .map(|r| r.t.timestamp())
+                .collect(),
+            ..Gathered::default()
+        };
         let raw_shape = Shape {
             raw: true,
             ..job.shape
         };
-        let mut raw_minutes: HashSet<i64> = HashSet::new();
-        let mut raw_missing: Vec<i64> = Vec::new();
-        for (resolution, list) in &mut needed {
-            list.sort_unstable();
-            list.dedup();
+        for (resolution, list) in needed {
             let (raw, stored): (Vec<i64>, Vec<i64>) = match raw_before {
-                Some(h) if *resolution == 60 => list.iter().partition(|t| **t < h),
-                _ => (Vec::new(), std::mem::take(list)),
+                Some(h) if resolution == 60 => list.iter().partition(|t| **t < h),
+                _ => (Vec::new(), list),
             };
-            let (found, _) = self.cache.get(job.shape, *resolution, &stored, generation);
+            let (found, _) = self.cache.get(job.shape, resolution, &stored, generation);
             for (t, bucket) in stored.iter().zip(found) {
                 match bucket {
-                    Some(b) => {
-                        bytes += b.weight();
-                        have.insert((*resolution, *t), b);
-                    }
-                    None => missing.push((*resolution, *t)),
+                    Some(b) => got.keep((resolution, *t), b),
+                    None => got.missing.push((resolution, *t)),
                 }
             }
             if raw.is_empty() {
@@ -279,17 +305,31 @@ impl Engine {
             }
             let (found, _) = self.cache.get(raw_shape, 60, &raw, generation);
             for (t, bucket) in raw.iter().zip(found) {
-                raw_minutes.insert(*t);
+                got.raw_minutes.insert(*t);
                 match bucket {
-                    Some(b) if !pending.contains(t) => {
-                        bytes += b.weight();
-                        have.insert((60, *t), b);
-                    }
-                    _ => raw_missing.push(*t),
+                    Some(b) if !got.pending.contains(t) => got.keep((60, *t), b),
+                    _ => got.raw_missing.push(*t),
                 }
             }
         }
-        for (from, to) in minute_runs(&raw_missing) {
+        got
+    }
+
+    /// Reads the raw minutes the cache lacked, run by run, and caches those
+    /// with no pending delta.
+    async fn read_raw_minutes(
+        &self,
+        conn: &mut AsyncPgConnection,
+        job: &Job<'_>,
+        live_request: &LiveRequest,
+        got: &mut Gathered,
+        generation: i64,
+    ) -> Result<()> {
+        let raw_shape = Shape {
+            raw: true,
+            ..job.shape
+        };
+        for (from, to) in minute_runs(&got.raw_missing) {
             let rows = sql::read_raw_minutes(conn, live_request, from, to).await?;
             let mut fetched: BTreeMap<i64, Bucket> =
                 rows.into_iter().map(|((_, t), b)| (t, b)).collect();
@@ -301,25 +341,32 @@ impl Engine {
                         .remove(&t)
                         .unwrap_or_else(|| empty_bucket(job.shape.sets)),
                 );
-                bytes += bucket.weight();
-                if !pending.contains(&t) {
+                if !got.pending.contains(&t) {
                     keep.push((t, bucket.clone()));
                 }
-                have.insert((60, t), bucket);
+                got.keep((60, t), bucket);
                 t += 60;
             }
             self.cache.put(raw_shape, 60, keep, generation);
-            self.check_budget(bytes, job.q)?;
+            self.check_budget(got.bytes, job.q)?;
         }
-        let cache = if missing.is_empty() && raw_missing.is_empty() {
-            CacheUse::Hit
-        } else {
-            CacheUse::Miss
-        };
-        self.check_budget(bytes, job.q)?;
+        Ok(())
+    }
+
+    /// Reads the missing rollup buckets in chunks sized to about
+    /// [`CHUNK_ROWS`] rows, caching each; `false` when a fold committed
+    /// since the live read (the caller retries).
+    async fn read_missing(
+        &self,
+        conn: &mut AsyncPgConnection,
+        job: &Job<'_>,
+        got: &mut Gathered,
+        generation: i64,
+    ) -> Result<bool> {
         let mut chunk = FIRST_CHUNK;
         let mut read_rows = 0usize;
         let mut read_buckets = 0usize;
+        let missing = std::mem::take(&mut got.missing);
         let mut rest = &missing[..];
         while !rest.is_empty() {
             let (now, later) = rest.split_at(chunk.min(rest.len()));
@@ -333,7 +380,7 @@ impl Engine {
             };
             let (read_generation, rows) = sql::read_buckets(conn, &request).await?;
             if read_generation != generation {
-                return Ok(None);
+                return Ok(false);
             }
             let mut fetched: BTreeMap<(i32, i64), Arc<Bucket>> =
                 rows.into_iter().map(|(k, b)| (k, Arc::new(b))).collect();
@@ -343,38 +390,22 @@ impl Engine {
                     .remove(key)
                     .unwrap_or_else(|| Arc::new(empty_bucket(job.shape.sets)));
                 read_rows += rows_of(&bucket);
-                bytes += bucket.weight();
                 by_resolution
                     .entry(key.0)
                     .or_default()
                     .push((key.1, bucket.clone()));
-                have.insert(*key, bucket);
+                got.keep(*key, bucket);
             }
             read_buckets += now.len();
-            self.check_budget(bytes, job.q)?;
+            self.check_budget(got.bytes, job.q)?;
             for (resolution, list) in by_resolution {
                 self.cache.put(job.shape, resolution, list, generation);
             }
             let per_bucket = read_rows.div_ceil(read_buckets.max(1)).max(1);
             chunk = (CHUNK_ROWS / per_bucket).clamp(16, 4096);
         }
-        tracing::debug!(
-            live_ms,
-            live_rows = live.rows.len(),
-            buckets = have.len(),
-            missing = missing.len(),
-            first_missing = ?missing.first(),
-            read_ms = started.elapsed().as_secs_f64() * 1e3 - live_ms,
-            "rollup reads"
-        );
-        Ok(Some(Merged {
-            live,
-            raw_minutes,
-            have,
-            series_plan: series_plan.pieces,
-            total_plan: total_plan.map(|p| p.pieces),
-            cache,
-        }))
+        got.missing = missing;
+        Ok(true)
     }
 
     fn check_budget(&self, bytes: usize, q: &MetricQuery) -> Result<()> {
@@ -433,6 +464,50 @@ struct Job<'a> {
 }
 
 /// What the reads produced.
+/// The buckets of one attempt, as they are gathered.
+#[derive(Default)]
+struct Gathered {
+    have: BTreeMap<(i32, i64), Arc<Bucket>>,
+    /// Rollup buckets the cache lacked, to read.
+    missing: Vec<(i32, i64)>,
+    /// Minutes read from raw events (past the minute horizon).
+    raw_minutes: HashSet<i64>,
+    /// Raw minutes the cache lacked, to read.
+    raw_missing: Vec<i64>,
+    /// Minutes with a pending delta.
+    pending: HashSet<i64>,
+    /// What `have` weighs, against the request budget.
+    bytes: usize,
+}
+
+impl Gathered {
+    fn keep(&mut self, key: (i32, i64), bucket: Arc<Bucket>) {
+        self.bytes += bucket.weight();
+        self.have.insert(key, bucket);
+    }
+}
+
+/// Every bucket start each resolution of `pieces` covers, sorted, once.
+fn needed_buckets<'a>(
+    pieces: impl Iterator<Item = &'a crate::domain::metric::Piece>,
+) -> BTreeMap<i32, Vec<i64>> {
+    let mut needed: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for piece in pieces {
+        let step = TimeDelta::seconds(i64::from(piece.resolution));
+        let list = needed.entry(piece.resolution).or_default();
+        let mut t = piece.from;
+        while t < piece.to {
+            list.push(t.timestamp());
+            t += step;
+        }
+    }
+    for list in needed.values_mut() {
+        list.sort_unstable();
+        list.dedup();
+    }
+    needed
+}
+
 struct Merged {
     live: Live,
     /// Minutes read from raw events: their pending deltas are in them.
