@@ -89,18 +89,40 @@ struct Case {
     sql: &'static str,
 }
 
+impl Case {
+    /// A shape over the whole of its time range (no filter).
+    fn new(
+        name: &'static str,
+        metric: Metric,
+        range: TimeDelta,
+        granularity: Granularity,
+        group_by: Dimension,
+        sql: &'static str,
+    ) -> Self {
+        Case {
+            name,
+            metric,
+            range,
+            granularity,
+            group_by,
+            filter: None,
+            sql,
+        }
+    }
+}
+
+/// Every query shape, in the order of the printed rows.
 fn cases() -> Vec<Case> {
-    let case = |name, metric, range, granularity, group_by, sql| Case {
-        name,
-        metric,
-        range,
-        granularity,
-        group_by,
-        filter: None,
-        sql,
-    };
+    let mut cases = overview_cases();
+    cases.extend(detail_cases());
+    cases
+}
+
+/// The first rows: counts and sums over a day or a week, per minute, hour
+/// or in total.
+fn overview_cases() -> Vec<Case> {
     vec![
-        case(
+        Case::new(
             "events/min by type, 24 h",
             Metric::Events,
             TimeDelta::hours(24),
@@ -110,7 +132,7 @@ fn cases() -> Vec<Case> {
                JOIN event_types t USING (event_type_id)
                WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1, 2"#,
         ),
-        case(
+        Case::new(
             "unique users/hour, 7 d",
             Metric::UniqueUsers,
             TimeDelta::days(7),
@@ -119,7 +141,7 @@ fn cases() -> Vec<Case> {
             r#"SELECT date_trunc('hour', "timestamp"), count(DISTINCT user_id) FROM events
                WHERE "timestamp" >= $1 AND "timestamp" < $2 AND user_id IS NOT NULL GROUP BY 1"#,
         ),
-        case(
+        Case::new(
             "top 10 pages, 24 h",
             Metric::Pageviews,
             TimeDelta::hours(24),
@@ -128,7 +150,7 @@ fn cases() -> Vec<Case> {
             r#"SELECT p.page_url, count(*) FROM pageviews p JOIN events e USING (event_id)
                WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1 ORDER BY 2 DESC LIMIT 10"#,
         ),
-        case(
+        Case::new(
             "revenue/hour, 7 d",
             Metric::Revenue,
             TimeDelta::days(7),
@@ -137,7 +159,7 @@ fn cases() -> Vec<Case> {
             r#"SELECT date_trunc('hour', e."timestamp"), sum(p.amount) FROM purchases p JOIN events e USING (event_id)
                WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1"#,
         ),
-        case(
+        Case::new(
             "top 10 products by revenue, 7 d",
             Metric::Revenue,
             TimeDelta::days(7),
@@ -146,7 +168,14 @@ fn cases() -> Vec<Case> {
             r#"SELECT p.product_id, sum(p.amount) FROM purchases p JOIN events e USING (event_id)
                WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1 ORDER BY 2 DESC LIMIT 10"#,
         ),
-        case(
+    ]
+}
+
+/// The last rows: a five-minute window, and unique users per page, with and
+/// without a page filter.
+fn detail_cases() -> Vec<Case> {
+    vec![
+        Case::new(
             "purchases, last 5 min",
             Metric::Purchases,
             TimeDelta::minutes(5),
@@ -155,7 +184,7 @@ fn cases() -> Vec<Case> {
             r#"SELECT count(*) FROM purchases p JOIN events e USING (event_id)
                WHERE e."timestamp" >= $1 AND e."timestamp" < $2"#,
         ),
-        case(
+        Case::new(
             "visitors per page, top 10, 24 h",
             Metric::UniqueUsers,
             TimeDelta::hours(24),
@@ -164,7 +193,7 @@ fn cases() -> Vec<Case> {
             r#"SELECT p.page_url, count(DISTINCT p.user_id) FROM pageviews p JOIN events e USING (event_id)
                WHERE e."timestamp" >= $1 AND e."timestamp" < $2 GROUP BY 1 ORDER BY 2 DESC LIMIT 10"#,
         ),
-        case(
+        Case::new(
             "unique users by page per day, 6 d",
             Metric::UniqueUsers,
             TimeDelta::days(6),
@@ -179,7 +208,7 @@ fn cases() -> Vec<Case> {
                 page_url: "/".into(),
                 ..Filter::default()
             }),
-            ..case(
+            ..Case::new(
                 "unique users of page /, per day, 6 d",
                 Metric::UniqueUsers,
                 TimeDelta::days(6),
@@ -260,57 +289,54 @@ fn mem_text(m: Option<(f64, f64)>) -> String {
     m.map_or_else(String::new, |(rss, hwm)| format!("{rss:.0}/{hwm:.0}"))
 }
 
-/// Runs the benchmark and prints one row per query shape.
-pub async fn run(settings: BenchQueriesSettings) -> Result<()> {
-    let mut client = connect(&settings.grpc_addr).await?;
-    let mut baseline = match &settings.baseline_addr {
-        Some(addr) => Some(connect(addr).await?),
-        None => None,
-    };
-    let mut conn = if settings.no_sql {
-        None
-    } else {
-        Some(
-            AsyncPgConnection::establish(&settings.database_url)
-                .await
-                .map_err(|e| Error::unavailable("cannot connect to PostgreSQL", e))?,
-        )
-    };
-    println!(
-        "{} calls per mode; repeated = same request, shifted = window moved back 61 s per call; ms; memory = RSS/peak MiB",
-        settings.calls
-    );
-    println!(
-        "{:<38} {:>8} {:>8} {:>8} {:>8} {:>9} | {:>8} {:>8} {:>8} {:>8} {:>9} | {:>9}",
-        "query",
-        "rep p50",
-        "rep p99",
-        "shf p50",
-        "shf p99",
-        "memory",
-        "base rep",
-        "p99",
-        "base shf",
-        "p99",
-        "memory",
-        "plain SQL"
-    );
-    let end = Utc::now();
-    for case in cases() {
-        if settings
-            .only
-            .as_deref()
-            .is_some_and(|o| !case.name.contains(o))
-        {
-            continue;
-        }
-        let ours = measure(&mut client, &case, settings.calls, end).await?;
+/// What a run measures: the server, the baseline, and the database for
+/// the plain-SQL column.
+struct Targets {
+    client: QueryServiceClient<Channel>,
+    baseline: Option<QueryServiceClient<Channel>>,
+    /// `None` under `--no-sql`.
+    conn: Option<AsyncPgConnection>,
+}
+
+impl Targets {
+    /// Connects to the server, then the baseline, then PostgreSQL.
+    async fn connect(settings: &BenchQueriesSettings) -> Result<Self> {
+        let client = connect(&settings.grpc_addr).await?;
+        let baseline = match &settings.baseline_addr {
+            Some(addr) => Some(connect(addr).await?),
+            None => None,
+        };
+        let conn = if settings.no_sql {
+            None
+        } else {
+            Some(
+                AsyncPgConnection::establish(&settings.database_url)
+                    .await
+                    .map_err(|e| Error::unavailable("cannot connect to PostgreSQL", e))?,
+            )
+        };
+        Ok(Self {
+            client,
+            baseline,
+            conn,
+        })
+    }
+
+    /// Measures one shape on the server, then the baseline, then in plain
+    /// SQL, and prints its row.
+    async fn bench(
+        &mut self,
+        settings: &BenchQueriesSettings,
+        case: &Case,
+        end: DateTime<Utc>,
+    ) -> Result<()> {
+        let ours = measure(&mut self.client, case, settings.calls, end).await?;
         let ours_mem = memory(settings.pid);
-        let theirs = match baseline.as_mut() {
+        let theirs = match self.baseline.as_mut() {
             Some(b) => Some(
                 measure(
                     b,
-                    &case,
+                    case,
                     settings.baseline_calls.unwrap_or(settings.calls),
                     end,
                 )
@@ -319,22 +345,9 @@ pub async fn run(settings: BenchQueriesSettings) -> Result<()> {
             None => None,
         };
         let theirs_mem = memory(settings.baseline_pid);
-        let sql_ms = match conn.as_mut() {
+        let sql_ms = match self.conn.as_mut() {
             None => f64::NAN,
-            Some(conn) => {
-                let mut sql_times = Vec::new();
-                for _ in 0..settings.sql_calls.max(1) {
-                    let started = Instant::now();
-                    diesel::sql_query(case.sql)
-                        .bind::<diesel::sql_types::Timestamptz, _>(end - case.range)
-                        .bind::<diesel::sql_types::Timestamptz, _>(end)
-                        .execute(conn)
-                        .await?;
-                    sql_times.push(started.elapsed());
-                }
-                sql_times.sort();
-                sql_times[sql_times.len() / 2].as_secs_f64() * 1000.0
-            }
+            Some(conn) => plain_sql_ms(conn, case, settings.sql_calls, end).await?,
         };
         let t = theirs.unwrap_or([f64::NAN; 4]);
         println!(
@@ -352,6 +365,67 @@ pub async fn run(settings: BenchQueriesSettings) -> Result<()> {
             mem_text(theirs_mem),
             sql_ms
         );
+        Ok(())
+    }
+}
+
+/// The median time in ms of `calls` (at least one) runs of `case`'s plain SQL.
+async fn plain_sql_ms(
+    conn: &mut AsyncPgConnection,
+    case: &Case,
+    calls: usize,
+    end: DateTime<Utc>,
+) -> Result<f64> {
+    let mut sql_times = Vec::new();
+    for _ in 0..calls.max(1) {
+        let started = Instant::now();
+        diesel::sql_query(case.sql)
+            .bind::<diesel::sql_types::Timestamptz, _>(end - case.range)
+            .bind::<diesel::sql_types::Timestamptz, _>(end)
+            .execute(conn)
+            .await?;
+        sql_times.push(started.elapsed());
+    }
+    sql_times.sort();
+    Ok(sql_times[sql_times.len() / 2].as_secs_f64() * 1000.0)
+}
+
+/// The legend and the column headings.
+fn print_header(calls: usize) {
+    println!(
+        "{calls} calls per mode; repeated = same request, shifted = window moved back 61 s per call; ms; memory = RSS/peak MiB"
+    );
+    println!(
+        "{:<38} {:>8} {:>8} {:>8} {:>8} {:>9} | {:>8} {:>8} {:>8} {:>8} {:>9} | {:>9}",
+        "query",
+        "rep p50",
+        "rep p99",
+        "shf p50",
+        "shf p99",
+        "memory",
+        "base rep",
+        "p99",
+        "base shf",
+        "p99",
+        "memory",
+        "plain SQL"
+    );
+}
+
+/// Runs the benchmark and prints one row per query shape.
+pub async fn run(settings: BenchQueriesSettings) -> Result<()> {
+    let mut targets = Targets::connect(&settings).await?;
+    print_header(settings.calls);
+    let end = Utc::now();
+    for case in cases() {
+        if settings
+            .only
+            .as_deref()
+            .is_some_and(|o| !case.name.contains(o))
+        {
+            continue;
+        }
+        targets.bench(&settings, &case, end).await?;
     }
     Ok(())
 }

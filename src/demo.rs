@@ -118,12 +118,7 @@ const PRODUCTS: u64 = 60;
 
 /// `pulse demo`: runs until Ctrl-C (or `--duration` after the backfill).
 pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
-    if !(settings.rate.is_finite() && settings.rate > 0.0) {
-        anyhow::bail!("--rate must be above 0");
-    }
-    if settings.day_length.is_zero() {
-        anyhow::bail!("--day-length must be above 0");
-    }
+    check(&settings)?;
     let mut serve = ServeSettings::for_database(&settings.database_url);
     serve.grpc_addr = settings.grpc_addr;
     serve.http_addr = settings.http_addr;
@@ -138,7 +133,36 @@ pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
         .connect()
         .await
         .map_err(|e| Error::unavailable("cannot reach the demo server", e))?;
+    print_banner(&settings, grpc_addr, http_addr);
 
+    let seed: u64 = rand::rng().random();
+    let outcome = tokio::select! {
+        result = drive(&channel, &settings, seed) => result,
+        () = interrupted(settings.duration) => Ok(()),
+    };
+    stop.cancel();
+    let served = server
+        .await
+        .map_err(|e| Error::internal("demo server task", e))?;
+    outcome?;
+    served
+}
+
+/// Refuses a `--rate` or `--day-length` the traffic cannot follow.
+fn check(settings: &DemoSettings) -> Result<()> {
+    if !(settings.rate.is_finite() && settings.rate > 0.0) {
+        return Err(Error::InvalidArgument("--rate must be above 0".into()));
+    }
+    if settings.day_length.is_zero() {
+        return Err(Error::InvalidArgument(
+            "--day-length must be above 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Tells where the demo's dashboard, API, metrics and database are.
+fn print_banner(settings: &DemoSettings, grpc_addr: SocketAddr, http_addr: SocketAddr) {
     println!("Pulse demo");
     println!("  dashboard  http://{http_addr}/");
     println!("  gRPC       {grpc_addr}   (grpcurl -plaintext {grpc_addr} list)");
@@ -149,48 +173,43 @@ pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
         settings.rate,
         settings.day_length.as_secs()
     );
+}
 
-    let seed: u64 = rand::rng().random();
-    let work = async {
-        create_rules(&channel, settings.rate).await?;
-        // Live traffic starts now; the history ends where it starts.
-        let history_end = Utc::now();
-        let live = live_traffic(&channel, &settings, seed);
-        tokio::pin!(live);
-        if is_empty(&channel).await? {
-            tokio::select! {
-                result = backfill(&channel, &settings, history_end, seed ^ 0x6261_636b) => result?,
-                () = &mut live => {}
-            }
-        } else {
-            println!("The database has events already: no backfill. Ready.");
+/// The demo's work: rules, live traffic and, on a database without events,
+/// the backfill beside it; then live traffic until `--duration` is over
+/// (or for ever).
+async fn drive(channel: &Channel, settings: &DemoSettings, seed: u64) -> Result<()> {
+    create_rules(channel, settings.rate).await?;
+    // Live traffic starts now; the history ends where it starts.
+    let history_end = Utc::now();
+    let live = live_traffic(channel, settings, seed);
+    tokio::pin!(live);
+    if is_empty(channel).await? {
+        tokio::select! {
+            result = backfill(channel, settings, history_end, seed ^ 0x6261_636b) => result?,
+            () = &mut live => {}
         }
-        // `--duration` counts from here, with the history in place.
-        match settings.duration {
-            Some(d) => tokio::select! {
-                () = &mut live => {}
-                () = tokio::time::sleep(d) => {}
-            },
-            None => live.await,
-        }
-        Ok::<(), Error>(())
-    };
-    let interrupted = async {
-        match settings.duration {
-            Some(_) => std::future::pending().await,
-            None => shutdown_signal().await,
-        }
-    };
-    let outcome = tokio::select! {
-        result = work => result,
-        () = interrupted => Ok(()),
-    };
-    stop.cancel();
-    let served = server
-        .await
-        .map_err(|e| Error::internal("demo server task", e))?;
-    outcome?;
-    served
+    } else {
+        println!("The database has events already: no backfill. Ready.");
+    }
+    // `--duration` counts from here, with the history in place.
+    match settings.duration {
+        Some(d) => tokio::select! {
+            () = &mut live => {}
+            () = tokio::time::sleep(d) => {}
+        },
+        None => live.await,
+    }
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM when the demo has no `--duration`;
+/// with one, never: the demo then ends when its time is up.
+async fn interrupted(duration: Option<Duration>) {
+    match duration {
+        Some(_) => std::future::pending().await,
+        None => shutdown_signal().await,
+    }
 }
 
 /// A wildcard listener is reached through loopback.

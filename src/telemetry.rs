@@ -5,6 +5,7 @@
 //! app owns and hands to each layer, so several servers in one process keep
 //! separate counts.
 
+use std::hash::Hash;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -184,271 +185,262 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// A family with one [`latency_histogram`] per label set.
+fn latency_family<L: Clone + Eq + Hash>() -> Family<L, Histogram> {
+    Family::new_with_constructor(latency_histogram)
+}
+
 impl Metrics {
     /// A fresh registry with every Pulse series registered at zero.
     pub fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("pulse");
-        let rpc_requests = Family::<RpcLabels, Counter>::default();
-        registry.register(
+        let mut metrics = Self::unregistered();
+        // `/metrics` lists series in the order they were registered: these
+        // calls (and the calls inside them) keep that order stable.
+        metrics.register_ingest_and_queries();
+        metrics.register_alerts();
+        metrics.register_jobs_and_reads();
+        metrics.register_connections_and_http();
+        Arc::new(metrics)
+    }
+
+    /// Every series at zero, none of them registered yet.
+    fn unregistered() -> Self {
+        Self {
+            registry: Registry::with_prefix("pulse"),
+            rpc_requests: Family::default(),
+            rpc_duration: latency_family(),
+            db_up: Gauge::default(),
+            ingest_events: Family::default(),
+            ingest_batch_duration: latency_histogram(),
+            ingest_streams_in_flight: Gauge::default(),
+            rollup_fold_duration: latency_histogram(),
+            rollup_folded_rows: Counter::default(),
+            rollup_fold_failures: Counter::default(),
+            query_cache: Family::default(),
+            alert_evaluator_leader: Gauge::default(),
+            alert_rules: Family::default(),
+            alert_evaluations: Counter::default(),
+            alert_evaluation_failures: Counter::default(),
+            alert_evaluation_duration: latency_histogram(),
+            alert_notifications: Family::default(),
+            alert_notifications_delivered: Counter::default(),
+            alert_subscribers: Gauge::default(),
+            alert_subscriber_catchups: Counter::default(),
+            alert_subscriber_lag: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
+            db_pool_max_size: Family::default(),
+            db_pool_size: Family::default(),
+            db_pool_available: Family::default(),
+            db_pool_waiting: Family::default(),
+            http_requests: Family::default(),
+            http_duration: latency_family(),
+            job_runs: Family::default(),
+            job_duration: latency_family(),
+            job_last_success: Family::default(),
+            retention_deleted_rows: Family::default(),
+            replica_reads: Family::default(),
+            queries_over_budget: Counter::default(),
+            background_task_exits: Family::default(),
+            connections_open: Family::default(),
+            connections_accepted: Family::default(),
+            connections_closed: Family::default(),
+        }
+    }
+
+    /// Registers the gRPC, database-probe, ingest, rollup and query-cache series.
+    fn register_ingest_and_queries(&mut self) {
+        self.registry.register(
             "grpc_requests",
             "gRPC calls finished, by method and status code",
-            rpc_requests.clone(),
+            self.rpc_requests.clone(),
         );
-        let rpc_duration = Family::<RpcLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
-        registry.register(
+        self.registry.register(
             "grpc_request_duration_seconds",
             "gRPC call duration from request to the end of the response, by method and status code",
-            rpc_duration.clone(),
+            self.rpc_duration.clone(),
         );
-        let db_up = Gauge::default();
-        registry.register(
+        self.registry.register(
             "database_up",
             "1 while the database answers the health probe, else 0",
-            db_up.clone(),
+            self.db_up.clone(),
         );
-        let ingest_events = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
+        self.registry.register(
             "ingest_events",
             "Events received by IngestEvents, by outcome (accepted, duplicate, rejected_<reason class>)",
-            ingest_events.clone(),
+            self.ingest_events.clone(),
         );
-        let ingest_batch_duration = latency_histogram();
-        registry.register(
+        self.registry.register(
             "ingest_batch_write_duration_seconds",
             "Time to write and commit one ingest batch",
-            ingest_batch_duration.clone(),
+            self.ingest_batch_duration.clone(),
         );
-        let ingest_streams_in_flight = Gauge::default();
-        registry.register(
+        self.registry.register(
             "ingest_streams_in_flight",
             "IngestEvents streams currently open",
-            ingest_streams_in_flight.clone(),
+            self.ingest_streams_in_flight.clone(),
         );
-        let rollup_fold_duration = latency_histogram();
-        registry.register(
+        self.registry.register(
             "rollup_fold_duration_seconds",
             "Time of one fold of rollup deltas into the rollup tables",
-            rollup_fold_duration.clone(),
+            self.rollup_fold_duration.clone(),
         );
-        let rollup_folded_rows = Counter::default();
-        registry.register(
+        self.registry.register(
             "rollup_folded_delta_rows",
             "Delta rows folded into rollups",
-            rollup_folded_rows.clone(),
+            self.rollup_folded_rows.clone(),
         );
-        let rollup_fold_failures = Counter::default();
-        registry.register(
+        self.registry.register(
             "rollup_fold_failures",
             "Folds that failed (retried next interval)",
-            rollup_fold_failures.clone(),
+            self.rollup_fold_failures.clone(),
         );
-        let query_cache = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
+        self.registry.register(
             "query_cache_lookups",
             "GetMetrics answers by use of the query cache (hit, miss, bypass)",
-            query_cache.clone(),
+            self.query_cache.clone(),
         );
-        let alert_evaluator_leader = Gauge::default();
-        registry.register(
+    }
+
+    /// Registers the alert evaluator's and WatchAlerts' series.
+    fn register_alerts(&mut self) {
+        self.registry.register(
             "alert_evaluator_leader",
             "1 while this instance holds the evaluator lock and evaluates alert rules, else 0",
-            alert_evaluator_leader.clone(),
+            self.alert_evaluator_leader.clone(),
         );
-        let alert_rules = Family::<StateLabels, Gauge>::default();
-        registry.register(
+        self.registry.register(
             "alert_rules",
             "Alert rules by state (inactive, pending, firing, disabled) after the last tick; 0 on instances that do not evaluate",
-            alert_rules.clone(),
+            self.alert_rules.clone(),
         );
-        let alert_evaluations = Counter::default();
-        registry.register(
+        self.registry.register(
             "alert_evaluations",
             "Rule evaluations (one per enabled rule per tick)",
-            alert_evaluations.clone(),
+            self.alert_evaluations.clone(),
         );
-        let alert_evaluation_failures = Counter::default();
-        registry.register(
+        self.registry.register(
             "alert_evaluation_failures",
             "Metric queries or ticks of the evaluator that failed (the affected rules keep their state)",
-            alert_evaluation_failures.clone(),
+            self.alert_evaluation_failures.clone(),
         );
-        let alert_evaluation_duration = latency_histogram();
-        registry.register(
+        self.registry.register(
             "alert_evaluation_duration_seconds",
             "Time of one evaluator tick: every rule evaluated and every transition stored",
-            alert_evaluation_duration.clone(),
+            self.alert_evaluation_duration.clone(),
         );
-        let alert_notifications = Family::<StateLabels, Counter>::default();
-        registry.register(
+        self.registry.register(
             "alert_notifications",
             "Notifications stored by this instance's evaluator, by state (firing, resolved)",
-            alert_notifications.clone(),
+            self.alert_notifications.clone(),
         );
-        let alert_notifications_delivered = Counter::default();
-        registry.register(
+        self.registry.register(
             "alert_notifications_delivered",
             "Notifications sent to WatchAlerts subscribers of this instance (replays included)",
-            alert_notifications_delivered.clone(),
+            self.alert_notifications_delivered.clone(),
         );
-        let alert_subscribers = Gauge::default();
-        registry.register(
+        self.registry.register(
             "alert_subscribers",
             "WatchAlerts streams open on this instance",
-            alert_subscribers.clone(),
+            self.alert_subscribers.clone(),
         );
-        let alert_subscriber_catchups = Counter::default();
-        registry.register(
+        self.registry.register(
             "alert_subscriber_catchups",
             "Times a subscriber fell behind the live feed and was caught up from the table",
-            alert_subscriber_catchups.clone(),
+            self.alert_subscriber_catchups.clone(),
         );
-        let alert_subscriber_lag = Histogram::new(exponential_buckets(1.0, 4.0, 8));
-        registry.register(
+        self.registry.register(
             "alert_subscriber_lag_notifications",
             "How many live notifications a subscriber had fallen behind by when it was caught up",
-            alert_subscriber_lag.clone(),
+            self.alert_subscriber_lag.clone(),
         );
-        let job_runs = Family::<JobLabels, Counter>::default();
-        registry.register(
+    }
+
+    /// Registers the maintenance-job, replica-read, query-budget and
+    /// background-task series.
+    fn register_jobs_and_reads(&mut self) {
+        self.registry.register(
             "job_runs",
             "Maintenance job runs by job (retention, vacuum) and outcome (ok, failed, skipped: another instance held the job)",
-            job_runs.clone(),
+            self.job_runs.clone(),
         );
-        let job_duration = Family::<JobNameLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
-        registry.register(
+        self.registry.register(
             "job_duration_seconds",
             "Duration of maintenance job runs that did their work, by job",
-            job_duration.clone(),
+            self.job_duration.clone(),
         );
-        let job_last_success = Family::<JobNameLabels, Gauge>::default();
-        registry.register(
+        self.registry.register(
             "job_last_success_timestamp_seconds",
             "Unix time of the last successful run of each maintenance job on this instance",
-            job_last_success.clone(),
+            self.job_last_success.clone(),
         );
-        let retention_deleted_rows = Family::<TableLabels, Counter>::default();
-        registry.register(
+        self.registry.register(
             "retention_deleted_rows",
             "Raw rows deleted by the retention job on this instance, by table (events, pageviews, purchases)",
-            retention_deleted_rows.clone(),
+            self.retention_deleted_rows.clone(),
         );
-        let replica_reads = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
+        self.registry.register(
             "replica_reads",
             "GetMetrics reads by where they went: replica, or primary after the replica lagged (fallback_lag) or failed (fallback_error)",
-            replica_reads.clone(),
+            self.replica_reads.clone(),
         );
-        let queries_over_budget = Counter::default();
-        registry.register(
+        self.registry.register(
             "queries_over_budget",
             "GetMetrics answers and dashboard reads cancelled past the query budget (--db-query-timeout) and refused with RESOURCE_EXHAUSTED",
-            queries_over_budget.clone(),
+            self.queries_over_budget.clone(),
         );
-        let background_task_exits = Family::<TaskLabels, Counter>::default();
-        registry.register(
+        self.registry.register(
             "background_task_exits",
             "Background tasks of serve that ended before shutdown (the process then stops), by task",
-            background_task_exits.clone(),
+            self.background_task_exits.clone(),
         );
-        let connections_open = Family::<ListenerLabels, Gauge>::default();
-        registry.register(
+    }
+
+    /// Registers the connection, database-pool and HTTP series.
+    fn register_connections_and_http(&mut self) {
+        self.registry.register(
             "connections_open",
             "Connections open now, by listener (grpc, http)",
-            connections_open.clone(),
+            self.connections_open.clone(),
         );
-        let connections_accepted = Family::<ListenerLabels, Counter>::default();
-        registry.register(
+        self.registry.register(
             "connections_accepted",
             "Connections accepted, by listener",
-            connections_accepted.clone(),
+            self.connections_accepted.clone(),
         );
-        let connections_closed = Family::<CloseLabels, Counter>::default();
-        registry.register(
+        self.registry.register(
             "connections_closed",
             "Connections closed, by listener and reason (ended, handshake_timeout, idle_timeout, evicted, refused)",
-            connections_closed.clone(),
+            self.connections_closed.clone(),
         );
-        let db_pool_max_size = Family::<PoolLabels, Gauge>::default();
-        registry.register(
+        self.registry.register(
             "database_pool_max_connections",
             "Most connections each pool may open (ingest: --db-pool-size, query: --db-query-pool-size, background: --db-background-pool-size)",
-            db_pool_max_size.clone(),
+            self.db_pool_max_size.clone(),
         );
-        let db_pool_size = Family::<PoolLabels, Gauge>::default();
-        registry.register(
+        self.registry.register(
             "database_pool_connections",
             "Connections the pool holds open now, idle or in use",
-            db_pool_size.clone(),
+            self.db_pool_size.clone(),
         );
-        let db_pool_available = Family::<PoolLabels, Gauge>::default();
-        registry.register(
+        self.registry.register(
             "database_pool_idle_connections",
             "Open connections not in use now",
-            db_pool_available.clone(),
+            self.db_pool_available.clone(),
         );
-        let db_pool_waiting = Family::<PoolLabels, Gauge>::default();
-        registry.register(
+        self.registry.register(
             "database_pool_waiting_tasks",
             "Tasks waiting for a connection now (the pool is exhausted while above 0)",
-            db_pool_waiting.clone(),
+            self.db_pool_waiting.clone(),
         );
-        let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register(
+        self.registry.register(
             "http_requests",
             "HTTP requests answered (dashboard, JSON API, /metrics), by route and status code",
-            http_requests.clone(),
+            self.http_requests.clone(),
         );
-        let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
-        registry.register(
+        self.registry.register(
             "http_request_duration_seconds",
             "HTTP request duration until the response head, by route and status code",
-            http_duration.clone(),
+            self.http_duration.clone(),
         );
-        Arc::new(Self {
-            registry,
-            rpc_requests,
-            rpc_duration,
-            db_up,
-            ingest_events,
-            ingest_batch_duration,
-            ingest_streams_in_flight,
-            rollup_fold_duration,
-            rollup_folded_rows,
-            rollup_fold_failures,
-            query_cache,
-            alert_evaluator_leader,
-            alert_rules,
-            alert_evaluations,
-            alert_evaluation_failures,
-            alert_evaluation_duration,
-            alert_notifications,
-            alert_notifications_delivered,
-            alert_subscribers,
-            alert_subscriber_catchups,
-            alert_subscriber_lag,
-            db_pool_max_size,
-            db_pool_size,
-            db_pool_available,
-            db_pool_waiting,
-            http_requests,
-            http_duration,
-            job_runs,
-            job_duration,
-            job_last_success,
-            retention_deleted_rows,
-            replica_reads,
-            queries_over_budget,
-            background_task_exits,
-            connections_open,
-            connections_accepted,
-            connections_closed,
-        })
     }
 
     /// Counts `n` ingest events with this outcome.

@@ -396,89 +396,9 @@ pub fn plan(
 
     for rule in rules {
         let stored = states.remove(&rule.id);
-        let expected_seq = stored.as_ref().map(|s| s.seq);
-        let mut notifications = Vec::new();
-        let mut dirty = false;
-        // The state this tick starts from, after any reset.
-        let mut current = match stored {
-            Some(s) if s.state.revision == rule.revision => s.state,
-            Some(s) => {
-                dirty = true;
-                if s.state.phase == Phase::Firing {
-                    let last = last_evaluation(&s.state, last_seen);
-                    notifications.push(resolution(&s.state, &rule.spec.name, last));
-                }
-                inactive(rule, s.state.last, now)
-            }
-            None => inactive(rule, empty_evaluation(now), now),
-        };
-        if !rule.spec.enabled {
-            if current.phase != Phase::Inactive {
-                // Only reachable if a revision bump was missed; reset anyway.
-                if current.phase == Phase::Firing {
-                    notifications.push(resolution(&current, &rule.spec.name, current.last));
-                }
-                current = inactive(rule, current.last, now);
-                dirty = true;
-            }
-            counts.disabled += 1;
-        } else if let Some(evaluation) = values.get(&rule.id) {
-            let holds = rule.spec.holds(evaluation.value);
-            let change = advance(
-                current.phase,
-                current.since,
-                holds,
-                rule.spec.for_seconds,
-                now,
-            );
-            let phase = match change {
-                Change::None => current.phase,
-                Change::Pending => Phase::Pending,
-                Change::Fired => Phase::Firing,
-                Change::Cleared | Change::Resolved => Phase::Inactive,
-            };
-            if change != Change::None {
-                dirty = true;
-                let next = RuleState {
-                    rule_id: rule.id,
-                    revision: rule.revision,
-                    phase,
-                    since: now,
-                    rule_name: rule.spec.name.clone(),
-                    threshold: rule.spec.threshold,
-                    last: *evaluation,
-                };
-                match change {
-                    Change::Fired => notifications.push(notification(
-                        &next,
-                        NotificationState::Firing,
-                        *evaluation,
-                        now,
-                    )),
-                    Change::Resolved => {
-                        notifications.push(resolution(&current, &rule.spec.name, *evaluation))
-                    }
-                    _ => {}
-                }
-                current = next;
-            }
-        }
-        if rule.spec.enabled {
-            match current.phase {
-                Phase::Inactive => counts.inactive += 1,
-                Phase::Pending => counts.pending += 1,
-                Phase::Firing => counts.firing += 1,
-            }
-        }
-        // Every notification comes with a state change (`dirty`); an
-        // inactive rule that never had a row needs none.
-        if dirty && !(expected_seq.is_none() && current.phase == Phase::Inactive) {
-            writes.push(StateWrite {
-                rule_id: rule.id,
-                expected_seq,
-                new: Some(current),
-                notifications,
-            });
+        let evaluation = values.get(&rule.id);
+        if let Some(write) = plan_rule(rule, stored, evaluation, last_seen, now, &mut counts) {
+            writes.push(write);
         }
     }
 
@@ -498,6 +418,156 @@ pub fn plan(
     }
     writes.sort_by_key(|w| w.rule_id);
     TickPlan { writes, counts }
+}
+
+/// Plans one existing rule (see [`plan`]): counts the state it ends the
+/// tick in, and returns the write, if any, that stores it.
+fn plan_rule(
+    rule: &AlertRule,
+    stored: Option<StoredState>,
+    evaluation: Option<&Evaluation>,
+    last_seen: &HashMap<Uuid, (i64, Evaluation)>,
+    now: DateTime<Utc>,
+    counts: &mut StateCounts,
+) -> Option<StateWrite> {
+    let expected_seq = stored.as_ref().map(|s| s.seq);
+    let mut step = RuleStep::start(rule, stored, last_seen, now);
+    if !rule.spec.enabled {
+        step.disable(rule, now);
+        counts.disabled += 1;
+    } else {
+        if let Some(evaluation) = evaluation {
+            step.evaluate(rule, evaluation, now);
+        }
+        counts.count(step.current.phase);
+    }
+    // Every notification comes with a state change (`dirty`); an
+    // inactive rule that never had a row needs none.
+    let RuleStep {
+        current,
+        notifications,
+        dirty,
+    } = step;
+    if dirty && !(expected_seq.is_none() && current.phase == Phase::Inactive) {
+        Some(StateWrite {
+            rule_id: rule.id,
+            expected_seq,
+            new: Some(current),
+            notifications,
+        })
+    } else {
+        None
+    }
+}
+
+impl StateCounts {
+    /// Counts one enabled rule in `phase`.
+    fn count(&mut self, phase: Phase) {
+        match phase {
+            Phase::Inactive => self.inactive += 1,
+            Phase::Pending => self.pending += 1,
+            Phase::Firing => self.firing += 1,
+        }
+    }
+}
+
+/// One rule's way through a tick: the state it is in, the notifications
+/// sent on the way there, and whether the state changed (`dirty`).
+struct RuleStep {
+    current: RuleState,
+    notifications: Vec<NewNotification>,
+    dirty: bool,
+}
+
+impl RuleStep {
+    /// The state `rule` starts this tick from: its stored state, reset to
+    /// inactive when it belongs to another revision (resolving a firing
+    /// alert), or inactive when there is none.
+    fn start(
+        rule: &AlertRule,
+        stored: Option<StoredState>,
+        last_seen: &HashMap<Uuid, (i64, Evaluation)>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut notifications = Vec::new();
+        let mut dirty = false;
+        let current = match stored {
+            Some(s) if s.state.revision == rule.revision => s.state,
+            Some(s) => {
+                dirty = true;
+                if s.state.phase == Phase::Firing {
+                    let last = last_evaluation(&s.state, last_seen);
+                    notifications.push(resolution(&s.state, &rule.spec.name, last));
+                }
+                inactive(rule, s.state.last, now)
+            }
+            None => inactive(rule, empty_evaluation(now), now),
+        };
+        Self {
+            current,
+            notifications,
+            dirty,
+        }
+    }
+
+    /// A disabled rule is not evaluated and ends inactive.
+    fn disable(&mut self, rule: &AlertRule, now: DateTime<Utc>) {
+        if self.current.phase != Phase::Inactive {
+            // Only reachable if a revision bump was missed; reset anyway.
+            if self.current.phase == Phase::Firing {
+                self.notifications.push(resolution(
+                    &self.current,
+                    &rule.spec.name,
+                    self.current.last,
+                ));
+            }
+            self.current = inactive(rule, self.current.last, now);
+            self.dirty = true;
+        }
+    }
+
+    /// Moves the state machine by this tick's `evaluation`, notifying a
+    /// FIRING or a RESOLVED on the way.
+    fn evaluate(&mut self, rule: &AlertRule, evaluation: &Evaluation, now: DateTime<Utc>) {
+        let holds = rule.spec.holds(evaluation.value);
+        let change = advance(
+            self.current.phase,
+            self.current.since,
+            holds,
+            rule.spec.for_seconds,
+            now,
+        );
+        let phase = match change {
+            Change::None => return,
+            Change::Pending => Phase::Pending,
+            Change::Fired => Phase::Firing,
+            Change::Cleared | Change::Resolved => Phase::Inactive,
+        };
+        self.dirty = true;
+        let next = RuleState {
+            rule_id: rule.id,
+            revision: rule.revision,
+            phase,
+            since: now,
+            rule_name: rule.spec.name.clone(),
+            threshold: rule.spec.threshold,
+            last: *evaluation,
+        };
+        match change {
+            Change::Fired => self.notifications.push(notification(
+                &next,
+                NotificationState::Firing,
+                *evaluation,
+                now,
+            )),
+            Change::Resolved => {
+                self.notifications
+                    .push(resolution(&self.current, &rule.spec.name, *evaluation))
+            }
+            _ => {}
+        }
+        self.current = next;
+    }
 }
 
 fn inactive(rule: &AlertRule, last: Evaluation, now: DateTime<Utc>) -> RuleState {

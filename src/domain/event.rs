@@ -147,34 +147,8 @@ pub fn validate(
 ) -> Result<ValidEvent, Rejection> {
     let event_id = parse_event_id(&raw.event_id)?;
     let event_type = parse_event_type(&raw.event_type)?;
-
-    let timestamp = clock
-        .correct(raw.timestamp)
-        .ok_or_else(|| Rejection::new("timestamp", "timestamp is out of range"))?;
-    if timestamp > clock.received_at + MAX_FUTURE {
-        return Err(Rejection::new(
-            "timestamp",
-            format!(
-                "timestamp {} is more than a day in the future (server time {})",
-                timestamp.to_rfc3339(),
-                clock.received_at.to_rfc3339()
-            ),
-        ));
-    }
-    if timestamp < DateTime::UNIX_EPOCH {
-        return Err(Rejection::new(
-            "timestamp",
-            "timestamp is before 1970-01-01",
-        ));
-    }
-
-    let user_id = if raw.user_id.is_empty() {
-        None
-    } else {
-        check_string("user_id", &raw.user_id, MAX_ID_LEN)?;
-        Some(raw.user_id)
-    };
-
+    let timestamp = check_timestamp(raw.timestamp, clock)?;
+    let user_id = check_user_id(raw.user_id)?;
     let (data, data_size) = match raw.data {
         None => (None, 0),
         Some(value) => {
@@ -182,70 +156,7 @@ pub fn validate(
             (Some(value), size)
         }
     };
-
-    let detail = match (event_type.as_str(), raw.detail) {
-        ("pageview", RawDetail::Pageview { page_url }) => {
-            if page_url.is_empty() {
-                return Err(Rejection::new("detail", "pageview.page_url is empty"));
-            }
-            check_string("page_url", &page_url, limits.max_string_bytes)?;
-            Detail::Pageview { page_url }
-        }
-        ("pageview", _) => {
-            return Err(Rejection::new(
-                "detail",
-                "event_type `pageview` requires detail.pageview with a page_url",
-            ));
-        }
-        (
-            "purchase",
-            RawDetail::Purchase {
-                product_id,
-                quantity,
-                amount,
-            },
-        ) => {
-            if product_id.is_empty() {
-                return Err(Rejection::new("detail", "purchase.product_id is empty"));
-            }
-            check_string("product_id", &product_id, MAX_ID_LEN)?;
-            if quantity < 1 {
-                return Err(Rejection::new(
-                    "quantity",
-                    format!("purchase.quantity must be at least 1, got {quantity}"),
-                ));
-            }
-            let amount = parse_amount(&amount)?;
-            Detail::Purchase {
-                product_id,
-                quantity,
-                amount,
-            }
-        }
-        ("purchase", _) => {
-            return Err(Rejection::new(
-                "detail",
-                "event_type `purchase` requires detail.purchase with product_id, quantity and amount",
-            ));
-        }
-        (_, RawDetail::None) => Detail::None,
-        (other, RawDetail::Pageview { .. }) => {
-            return Err(Rejection::new(
-                "detail",
-                format!(
-                    "event_type `{other}` carries detail.pageview, which only `pageview` events may"
-                ),
-            ));
-        }
-        (other, RawDetail::Purchase { .. }) => {
-            return Err(Rejection::new(
-                "detail",
-                format!(
-                    "event_type `{other}` carries detail.purchase, which only `purchase` events may"
-                ),
-            ));
-        }
-    };
+    let detail = check_detail(&event_type, raw.detail, limits)?;
 
     let size = data_size
         + event_type.len()
@@ -264,6 +175,114 @@ pub fn validate(
         data,
         detail,
         size,
+    })
+}
+
+/// The stored time of an event (see [`Clock::correct`]): in range, at most
+/// [`MAX_FUTURE`] ahead of the server's clock, and not before 1970.
+fn check_timestamp(
+    timestamp: Option<DateTime<Utc>>,
+    clock: &Clock,
+) -> Result<DateTime<Utc>, Rejection> {
+    let timestamp = clock
+        .correct(timestamp)
+        .ok_or_else(|| Rejection::new("timestamp", "timestamp is out of range"))?;
+    if timestamp > clock.received_at + MAX_FUTURE {
+        return Err(Rejection::new(
+            "timestamp",
+            format!(
+                "timestamp {} is more than a day in the future (server time {})",
+                timestamp.to_rfc3339(),
+                clock.received_at.to_rfc3339()
+            ),
+        ));
+    }
+    if timestamp < DateTime::UNIX_EPOCH {
+        return Err(Rejection::new(
+            "timestamp",
+            "timestamp is before 1970-01-01",
+        ));
+    }
+    Ok(timestamp)
+}
+
+/// The user id, `None` when empty (an anonymous event).
+fn check_user_id(user_id: String) -> Result<Option<String>, Rejection> {
+    if user_id.is_empty() {
+        return Ok(None);
+    }
+    check_string("user_id", &user_id, MAX_ID_LEN)?;
+    Ok(Some(user_id))
+}
+
+/// The detail, which must match the event type: `pageview` and `purchase`
+/// require theirs, every other type carries none.
+fn check_detail(
+    event_type: &str,
+    detail: RawDetail,
+    limits: &EventLimits,
+) -> Result<Detail, Rejection> {
+    match (event_type, detail) {
+        ("pageview", RawDetail::Pageview { page_url }) => check_pageview(page_url, limits),
+        ("pageview", _) => Err(Rejection::new(
+            "detail",
+            "event_type `pageview` requires detail.pageview with a page_url",
+        )),
+        (
+            "purchase",
+            RawDetail::Purchase {
+                product_id,
+                quantity,
+                amount,
+            },
+        ) => check_purchase(product_id, quantity, &amount),
+        ("purchase", _) => Err(Rejection::new(
+            "detail",
+            "event_type `purchase` requires detail.purchase with product_id, quantity and amount",
+        )),
+        (_, RawDetail::None) => Ok(Detail::None),
+        (other, RawDetail::Pageview { .. }) => Err(Rejection::new(
+            "detail",
+            format!(
+                "event_type `{other}` carries detail.pageview, which only `pageview` events may"
+            ),
+        )),
+        (other, RawDetail::Purchase { .. }) => Err(Rejection::new(
+            "detail",
+            format!(
+                "event_type `{other}` carries detail.purchase, which only `purchase` events may"
+            ),
+        )),
+    }
+}
+
+/// A pageview's detail: a page URL, not empty and within its limit.
+fn check_pageview(page_url: String, limits: &EventLimits) -> Result<Detail, Rejection> {
+    if page_url.is_empty() {
+        return Err(Rejection::new("detail", "pageview.page_url is empty"));
+    }
+    check_string("page_url", &page_url, limits.max_string_bytes)?;
+    Ok(Detail::Pageview { page_url })
+}
+
+/// A purchase's detail: a product id, a quantity of at least 1 and an exact
+/// amount.
+fn check_purchase(product_id: String, quantity: i32, amount: &str) -> Result<Detail, Rejection> {
+    if product_id.is_empty() {
+        return Err(Rejection::new("detail", "purchase.product_id is empty"));
+    }
+    check_string("product_id", &product_id, MAX_ID_LEN)?;
+    if quantity < 1 {
+        return Err(Rejection::new(
+            "quantity",
+            format!("purchase.quantity must be at least 1, got {quantity}"),
+        ));
+    }
+    let amount = parse_amount(amount)?;
+    Ok(Detail::Purchase {
+        product_id,
+        quantity,
+        amount,
     })
 }
 
@@ -427,11 +446,7 @@ fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    format!("{}…", crate::text::truncate(text, max))
 }
 
 #[cfg(test)]

@@ -30,7 +30,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::generate::user_external_id;
-use super::generate::{EventKind, GenDetail, Generator, amount_string, page_url, product_id};
+use super::generate::{
+    EventKind, GenDetail, GenEvent, Generator, amount_string, page_url, product_id,
+};
 use crate::error::{Error, Result};
 
 /// Rows written per file.
@@ -108,27 +110,61 @@ pub fn write_all(generator: &Generator, dir: &Path, events: u64, users: u64) -> 
     std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
     let mut summary = CsvSummary::default();
 
+    let users_csv = write_users(dir, users)?;
+    summary.users = users;
+
+    let mut facts = FactFiles::create(dir)?;
+    for index in 0..events {
+        facts.write(&generator.event(index), &mut summary)?;
+    }
+
+    users_csv.finish()?;
+    facts.finish()?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// `users.csv` with users `0..users`, written but not yet finished.
+fn write_users(dir: &Path, users: u64) -> Result<CsvFile> {
     let mut users_csv = CsvFile::create(dir, "users.csv", "external_id")?;
     for n in 0..users {
         writeln!(users_csv.out, "{}", user_external_id(n))
             .map_err(|e| io_error(&users_csv.tmp, e))?;
     }
-    summary.users = users;
+    Ok(users_csv)
+}
 
-    let mut events_csv = CsvFile::create(
-        dir,
-        "events.csv",
-        "event_id,timestamp,user_id,event_type_id,data",
-    )?;
-    let mut pageviews_csv = CsvFile::create(dir, "pageviews.csv", "event_id,user_id,page_url")?;
-    let mut purchases_csv = CsvFile::create(
-        dir,
-        "purchases.csv",
-        "event_id,user_id,product_id,quantity,amount",
-    )?;
+/// The files of the fact tables: an event's row goes to `events.csv`, and
+/// a pageview's or purchase's detail to its own file.
+struct FactFiles {
+    events: CsvFile,
+    pageviews: CsvFile,
+    purchases: CsvFile,
+}
 
-    for index in 0..events {
-        let event = generator.event(index);
+impl FactFiles {
+    /// Creates the three files with their headers.
+    fn create(dir: &Path) -> Result<Self> {
+        let events = CsvFile::create(
+            dir,
+            "events.csv",
+            "event_id,timestamp,user_id,event_type_id,data",
+        )?;
+        let pageviews = CsvFile::create(dir, "pageviews.csv", "event_id,user_id,page_url")?;
+        let purchases = CsvFile::create(
+            dir,
+            "purchases.csv",
+            "event_id,user_id,product_id,quantity,amount",
+        )?;
+        Ok(Self {
+            events,
+            pageviews,
+            purchases,
+        })
+    }
+
+    /// Writes `event`'s rows and counts them in `summary`.
+    fn write(&mut self, event: &GenEvent, summary: &mut CsvSummary) -> Result<()> {
         let Some(timestamp) = event.timestamp else {
             return Err(Error::Internal(
                 "CSV rows need explicit timestamps (a --days or --base-time plan)".into(),
@@ -138,7 +174,7 @@ pub fn write_all(generator: &Generator, dir: &Path, events: u64, users: u64) -> 
         let user_id = event.user + 1;
         let id = event.event_id;
         {
-            let out = &mut events_csv.out;
+            let out = &mut self.events.out;
             write!(
                 out,
                 "{id},{},{user_id},{},",
@@ -147,16 +183,16 @@ pub fn write_all(generator: &Generator, dir: &Path, events: u64, users: u64) -> 
             )
             .and_then(|()| field(out, &event.data_json()))
             .and_then(|()| out.write_all(b"\n"))
-            .map_err(|e| io_error(&events_csv.tmp, e))?;
+            .map_err(|e| io_error(&self.events.tmp, e))?;
         }
         summary.events += 1;
         match (&event.detail, event.kind) {
             (GenDetail::Pageview { page }, EventKind::Pageview) => {
-                let out = &mut pageviews_csv.out;
+                let out = &mut self.pageviews.out;
                 write!(out, "{id},{user_id},")
                     .and_then(|()| field(out, &page_url(*page)))
                     .and_then(|()| out.write_all(b"\n"))
-                    .map_err(|e| io_error(&pageviews_csv.tmp, e))?;
+                    .map_err(|e| io_error(&self.pageviews.tmp, e))?;
                 summary.pageviews += 1;
             }
             (
@@ -167,23 +203,24 @@ pub fn write_all(generator: &Generator, dir: &Path, events: u64, users: u64) -> 
                 },
                 EventKind::Purchase,
             ) => {
-                let out = &mut purchases_csv.out;
+                let out = &mut self.purchases.out;
                 write!(out, "{id},{user_id},")
                     .and_then(|()| field(out, &product_id(*product)))
                     .and_then(|()| writeln!(out, ",{quantity},{}", amount_string(*amount_cents)))
-                    .map_err(|e| io_error(&purchases_csv.tmp, e))?;
+                    .map_err(|e| io_error(&self.purchases.tmp, e))?;
                 summary.purchases += 1;
             }
             _ => {}
         }
+        Ok(())
     }
 
-    users_csv.finish()?;
-    events_csv.finish()?;
-    pageviews_csv.finish()?;
-    purchases_csv.finish()?;
-    summary.seconds = started.elapsed().as_secs_f64();
-    Ok(summary)
+    /// Finishes `events.csv`, `pageviews.csv` and `purchases.csv`, in that order.
+    fn finish(self) -> Result<()> {
+        self.events.finish()?;
+        self.pageviews.finish()?;
+        self.purchases.finish()
+    }
 }
 
 #[cfg(test)]

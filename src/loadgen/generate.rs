@@ -367,77 +367,17 @@ impl Generator {
     }
 
     /// Event number `index` of the run.
+    ///
+    /// The draws from `rng` happen in a fixed order (kind, user, timestamp,
+    /// id, context, detail, extra type): changing it changes every event.
     pub fn event(&self, index: u64) -> GenEvent {
         let mut rng = SplitMix::for_event(self.config.seed, index);
-        let roll = rng.below(100);
-        let kind = match roll {
-            0..60 => EventKind::Pageview,
-            60..85 => EventKind::Click,
-            85..95 => EventKind::Purchase,
-            _ => EventKind::SignUp,
-        };
+        let kind = draw_kind(&mut rng);
         let user = self.users.sample(rng.next_f64());
-
-        let timestamp = match self.config.time {
-            TimePlan::Now { .. } => None,
-            TimePlan::Sequence { base } => Some(base + micros(index as i64)),
-            TimePlan::Spread { end, span, events } => {
-                let span_us = span.num_microseconds().unwrap_or(i64::MAX) as f64;
-                let slot = (index as f64 + rng.next_f64()) / events.max(1) as f64;
-                let offset = (span_us * slot.min(1.0)) as i64;
-                Some(end - span + micros(offset))
-            }
-        };
-
-        let event_id = match self.config.uuid {
-            UuidKind::V4 => uuid::Builder::from_random_bytes(rng.bytes::<16>()).into_uuid(),
-            UuidKind::V7 => {
-                let at = match (timestamp, self.config.time) {
-                    (Some(t), _) => t,
-                    (None, TimePlan::Now { id_base }) => id_base + micros(index as i64),
-                    (None, _) => unreachable!("only TimePlan::Now leaves timestamps out"),
-                };
-                let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
-                uuid::Builder::from_unix_timestamp_millis(millis, &rng.bytes::<10>()).into_uuid()
-            }
-        };
-
-        let mut session = String::with_capacity(16);
-        let _ = write!(session, "{:016x}", rng.next_u64());
-        let mut data = vec![
-            ("browser", rng.weighted(&BROWSERS).to_owned()),
-            ("locale", rng.weighted(&LOCALES).to_owned()),
-            ("os", rng.weighted(&OSES).to_owned()),
-            ("referrer", rng.weighted(&REFERRERS).to_owned()),
-            ("session_id", session),
-        ];
-        if kind != EventKind::Click {
-            data.push(("screen", rng.weighted(&SCREENS).to_owned()));
-        }
-
-        let detail = match kind {
-            EventKind::Pageview => GenDetail::Pageview {
-                page: self.pages.sample(rng.next_f64()),
-            },
-            EventKind::Purchase => {
-                let product = self.products.sample(rng.next_f64());
-                let quantity = rng.weighted(&[(1, 50), (2, 25), (3, 12), (4, 8), (5, 5)]);
-                GenDetail::Purchase {
-                    product,
-                    quantity,
-                    amount_cents: unit_price_cents(product) * quantity as u64,
-                }
-            }
-            EventKind::Click => {
-                data.push(("element", rng.weighted(&ELEMENTS).to_owned()));
-                data.push(("page", page_url(self.pages.sample(rng.next_f64()))));
-                GenDetail::None
-            }
-            EventKind::SignUp => {
-                data.push(("plan", rng.weighted(&PLANS).to_owned()));
-                GenDetail::None
-            }
-        };
+        let timestamp = self.timestamp(&mut rng, index);
+        let event_id = self.event_id(&mut rng, index, timestamp);
+        let mut data = context_data(&mut rng, kind);
+        let detail = self.detail(&mut rng, kind, &mut data);
         let custom_type =
             (kind == EventKind::Click && self.extra_types > 0).then(|| rng.below(self.extra_types));
         if self.data_bytes > 0 {
@@ -460,6 +400,99 @@ impl Generator {
             custom_type,
         }
     }
+
+    /// Event `index`'s timestamp under the run's [`TimePlan`] (`None`: stamped
+    /// when sent).
+    fn timestamp(&self, rng: &mut SplitMix, index: u64) -> Option<DateTime<Utc>> {
+        match self.config.time {
+            TimePlan::Now { .. } => None,
+            TimePlan::Sequence { base } => Some(base + micros(index as i64)),
+            TimePlan::Spread { end, span, events } => {
+                let span_us = span.num_microseconds().unwrap_or(i64::MAX) as f64;
+                let slot = (index as f64 + rng.next_f64()) / events.max(1) as f64;
+                let offset = (span_us * slot.min(1.0)) as i64;
+                Some(end - span + micros(offset))
+            }
+        }
+    }
+
+    /// Event `index`'s id; a UUIDv7 takes its millisecond from `timestamp`,
+    /// or from `id_base + index µs` when the event has none.
+    fn event_id(&self, rng: &mut SplitMix, index: u64, timestamp: Option<DateTime<Utc>>) -> Uuid {
+        match self.config.uuid {
+            UuidKind::V4 => uuid::Builder::from_random_bytes(rng.bytes::<16>()).into_uuid(),
+            UuidKind::V7 => {
+                let at = match (timestamp, self.config.time) {
+                    (Some(t), _) => t,
+                    (None, TimePlan::Now { id_base }) => id_base + micros(index as i64),
+                    (None, _) => unreachable!("only TimePlan::Now leaves timestamps out"),
+                };
+                let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+                uuid::Builder::from_unix_timestamp_millis(millis, &rng.bytes::<10>()).into_uuid()
+            }
+        }
+    }
+
+    /// The detail of an event of `kind`; a click's and a sign-up's go into
+    /// `data` instead.
+    fn detail(
+        &self,
+        rng: &mut SplitMix,
+        kind: EventKind,
+        data: &mut Vec<(&'static str, String)>,
+    ) -> GenDetail {
+        match kind {
+            EventKind::Pageview => GenDetail::Pageview {
+                page: self.pages.sample(rng.next_f64()),
+            },
+            EventKind::Purchase => {
+                let product = self.products.sample(rng.next_f64());
+                let quantity = rng.weighted(&[(1, 50), (2, 25), (3, 12), (4, 8), (5, 5)]);
+                GenDetail::Purchase {
+                    product,
+                    quantity,
+                    amount_cents: unit_price_cents(product) * quantity as u64,
+                }
+            }
+            EventKind::Click => {
+                data.push(("element", rng.weighted(&ELEMENTS).to_owned()));
+                data.push(("page", page_url(self.pages.sample(rng.next_f64()))));
+                GenDetail::None
+            }
+            EventKind::SignUp => {
+                data.push(("plan", rng.weighted(&PLANS).to_owned()));
+                GenDetail::None
+            }
+        }
+    }
+}
+
+/// The event's kind: ~60 % pageview, 25 % click, 10 % purchase, 5 % sign-up.
+fn draw_kind(rng: &mut SplitMix) -> EventKind {
+    match rng.below(100) {
+        0..60 => EventKind::Pageview,
+        60..85 => EventKind::Click,
+        85..95 => EventKind::Purchase,
+        _ => EventKind::SignUp,
+    }
+}
+
+/// The `data` every event has (browser, locale, OS, referrer, session; a
+/// screen but for clicks), unsorted.
+fn context_data(rng: &mut SplitMix, kind: EventKind) -> Vec<(&'static str, String)> {
+    let mut session = String::with_capacity(16);
+    let _ = write!(session, "{:016x}", rng.next_u64());
+    let mut data = vec![
+        ("browser", rng.weighted(&BROWSERS).to_owned()),
+        ("locale", rng.weighted(&LOCALES).to_owned()),
+        ("os", rng.weighted(&OSES).to_owned()),
+        ("referrer", rng.weighted(&REFERRERS).to_owned()),
+        ("session_id", session),
+    ];
+    if kind != EventKind::Click {
+        data.push(("screen", rng.weighted(&SCREENS).to_owned()));
+    }
+    data
 }
 
 fn micros(us: i64) -> TimeDelta {

@@ -63,6 +63,24 @@ impl Plan {
         let first = unit * self.per_stream;
         (first, (first + self.per_stream).min(self.events))
     }
+
+    /// The instant the unit starting at event `first` counts its latency
+    /// from: under `--rate` its scheduled instant (slept until), else now.
+    /// `None` when the unit would start at or after `deadline`.
+    async fn start(&self, first: u64, t0: Instant, deadline: Option<Instant>) -> Option<Instant> {
+        let scheduled = self
+            .rate
+            .map(|rate| t0 + Duration::from_secs_f64(first as f64 / rate));
+        if let Some(at) = scheduled {
+            if deadline.is_some_and(|d| at >= d) {
+                return None;
+            }
+            tokio::time::sleep_until(at.into()).await;
+        } else if deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
+        Some(scheduled.unwrap_or_else(Instant::now))
+    }
 }
 
 /// What the workers share.
@@ -115,6 +133,57 @@ impl Tally {
         ] {
             let room = SAMPLES.saturating_sub(samples.len());
             samples.extend(more.into_iter().take(room));
+        }
+    }
+
+    /// Counts the response to a unit of `events` events from `first`,
+    /// acknowledged `latency` after its start, quoting the first rejections.
+    fn record_response(
+        &mut self,
+        response: IngestEventsResponse,
+        first: u64,
+        events: u64,
+        latency: Duration,
+    ) {
+        self.latencies_us
+            .push(latency.as_micros().try_into().unwrap_or(u64::MAX));
+        self.acknowledged += events;
+        self.accepted += response.accepted;
+        self.duplicates += response.duplicates;
+        self.rejected += response.rejected;
+        for error in response.errors {
+            if self.rejections.len() < SAMPLES {
+                self.rejections.push(format!(
+                    "event {} ({}): {}",
+                    first + error.index,
+                    error.event_id,
+                    error.reason
+                ));
+            }
+        }
+    }
+
+    /// Counts the failed unit of events `first..end`, quoting the first
+    /// failures with the server and the resends tried.
+    fn record_failure(
+        &mut self,
+        status: &Status,
+        first: u64,
+        end: u64,
+        retries: u32,
+        target: &str,
+    ) {
+        self.failed += end - first;
+        if self.failures.len() < SAMPLES {
+            let resends = match retries {
+                0 => String::new(),
+                n => format!(" (after {n} resends)"),
+            };
+            self.failures.push(format!(
+                "events {first}..{end}: {:?} from {target}: {}{resends}",
+                status.code(),
+                status.message()
+            ));
         }
     }
 }
@@ -193,6 +262,14 @@ fn is_transient(code: Code) -> bool {
 }
 
 impl Shared {
+    /// Stops every worker at its next unit after a refusal [`is_fatal`]
+    /// says to stop at; the first such refusal is the one reported.
+    fn stop(&self, status: Status) {
+        self.stopped.store(true, Ordering::Relaxed);
+        let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+        fatal.get_or_insert(status);
+    }
+
     /// The message carrying events `first..end`.
     fn message(&self, first: u64, end: u64) -> IngestEventsRequest {
         IngestEventsRequest {
@@ -268,6 +345,8 @@ impl Shared {
     }
 }
 
+/// One worker: takes units in index order over its own connection until
+/// none is left, `--duration` is over or a fatal refusal stopped the run.
 async fn worker(shared: Arc<Shared>, channel: Channel, t0: Instant) -> Tally {
     let mut client = IngestServiceClient::new(channel);
     let plan = shared.plan;
@@ -284,18 +363,9 @@ async fn worker(shared: Arc<Shared>, channel: Channel, t0: Instant) -> Tally {
         let (first, end) = plan.range(unit);
         // Built before the clock starts: generating is the client's work.
         let head = shared.message(first, (first + plan.batch).min(end));
-        let scheduled = plan
-            .rate
-            .map(|rate| t0 + Duration::from_secs_f64(first as f64 / rate));
-        if let Some(at) = scheduled {
-            if deadline.is_some_and(|d| at >= d) {
-                break;
-            }
-            tokio::time::sleep_until(at.into()).await;
-        } else if deadline.is_some_and(|d| Instant::now() >= d) {
+        let Some(start) = plan.start(first, t0, deadline).await else {
             break;
-        }
-        let start = scheduled.unwrap_or_else(Instant::now);
+        };
         let (outcome, retries) = shared.send_unit(&mut client, first, end, Some(head)).await;
         let events = end - first;
         tally.sent += events;
@@ -303,43 +373,13 @@ async fn worker(shared: Arc<Shared>, channel: Channel, t0: Instant) -> Tally {
         tally.retries += u64::from(retries);
         match outcome {
             Ok(response) => {
-                tally
-                    .latencies_us
-                    .push(start.elapsed().as_micros().try_into().unwrap_or(u64::MAX));
-                tally.acknowledged += events;
-                tally.accepted += response.accepted;
-                tally.duplicates += response.duplicates;
-                tally.rejected += response.rejected;
-                for error in response.errors {
-                    if tally.rejections.len() < SAMPLES {
-                        tally.rejections.push(format!(
-                            "event {} ({}): {}",
-                            first + error.index,
-                            error.event_id,
-                            error.reason
-                        ));
-                    }
-                }
+                tally.record_response(response, first, events, start.elapsed());
                 shared.acknowledged.fetch_add(events, Ordering::Relaxed);
             }
             Err(status) => {
-                tally.failed += events;
-                if tally.failures.len() < SAMPLES {
-                    let resends = match retries {
-                        0 => String::new(),
-                        n => format!(" (after {n} resends)"),
-                    };
-                    tally.failures.push(format!(
-                        "events {first}..{end}: {:?} from {}: {}{resends}",
-                        status.code(),
-                        shared.target,
-                        status.message()
-                    ));
-                }
+                tally.record_failure(&status, first, end, retries, &shared.target);
                 if is_fatal(status.code()) {
-                    shared.stopped.store(true, Ordering::Relaxed);
-                    let mut fatal = shared.fatal.lock().unwrap_or_else(|e| e.into_inner());
-                    fatal.get_or_insert(status);
+                    shared.stop(status);
                 }
             }
         }
@@ -356,91 +396,98 @@ fn percentile_ms(sorted: &[u64], q: f64) -> f64 {
     sorted[rank - 1] as f64 / 1000.0
 }
 
-/// Sends the run's events and prints the report.
-pub async fn run(settings: &LoadgenSettings, generator: Generator) -> Result<()> {
-    let addr = normalize_addr(&settings.grpc_addr);
-    let endpoint = Endpoint::from_shared(addr.clone())
-        .map_err(|e| Error::InvalidArgument(format!("--grpc-addr `{addr}`: {e}")))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5));
-    let target = endpoint
-        .uri()
-        .authority()
-        .map_or_else(|| addr.clone(), ToString::to_string);
-    let authorization = match &settings.api_key {
-        None => None,
-        Some(key) => Some(
-            format!("Bearer {key}")
-                .parse()
-                .map_err(|_| Error::InvalidArgument("--api-key is not valid ASCII".into()))?,
-        ),
-    };
-    let mut channels = Vec::with_capacity(settings.concurrency);
-    for _ in 0..settings.concurrency {
-        channels.push(endpoint.connect().await.map_err(|e| {
-            Error::Unavailable(
-                format!(
-                    "cannot connect to Pulse at {target} ({}): is `pulse serve` running \
+/// The server the run talks to, and the connections it talks over.
+struct Connections {
+    /// `--grpc-addr` with a scheme, as dialled.
+    addr: String,
+    /// `host:port` of the server, for messages.
+    target: String,
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// One per worker.
+    channels: Vec<Channel>,
+}
+
+impl Connections {
+    /// Checks `--grpc-addr` and `--api-key`, then opens `--concurrency`
+    /// connections; an error names the address and how to change it.
+    async fn open(settings: &LoadgenSettings) -> Result<Self> {
+        let addr = normalize_addr(&settings.grpc_addr);
+        let endpoint = Endpoint::from_shared(addr.clone())
+            .map_err(|e| Error::InvalidArgument(format!("--grpc-addr `{addr}`: {e}")))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5));
+        let target = endpoint
+            .uri()
+            .authority()
+            .map_or_else(|| addr.clone(), ToString::to_string);
+        let authorization = match &settings.api_key {
+            None => None,
+            Some(key) => Some(
+                format!("Bearer {key}")
+                    .parse()
+                    .map_err(|_| Error::InvalidArgument("--api-key is not valid ASCII".into()))?,
+            ),
+        };
+        let mut channels = Vec::with_capacity(settings.concurrency);
+        for _ in 0..settings.concurrency {
+            channels.push(endpoint.connect().await.map_err(|e| {
+                Error::Unavailable(
+                    format!(
+                        "cannot connect to Pulse at {target} ({}): is `pulse serve` running \
                          there? (--grpc-addr / PULSE_LOADGEN_GRPC_ADDR, now {addr})",
-                    chain(&e)
+                        chain(&e)
+                    )
+                    .into(),
                 )
-                .into(),
-            )
-        })?);
-    }
-
-    let per_stream = settings
-        .batch_size
-        .saturating_mul(settings.messages_per_stream);
-    let plan = Plan {
-        events: settings.events,
-        batch: settings.batch_size,
-        per_stream,
-        units: settings.events.div_ceil(per_stream),
-        rate: (settings.rate > 0.0).then_some(settings.rate),
-        duration: settings.duration,
-    };
-    let shared = Arc::new(Shared {
-        stamp_events: matches!(generator.config().time, TimePlan::Now { .. }),
-        generator,
-        plan,
-        authorization,
-        target,
-        next_unit: AtomicU64::new(0),
-        acknowledged: AtomicU64::new(0),
-        stopped: AtomicBool::new(false),
-        fatal: Mutex::new(None),
-    });
-    let pace = match plan.rate {
-        Some(rate) => format!("at {rate:.0} events/s"),
-        None => "flat out".to_owned(),
-    };
-    eprintln!(
-        "loadgen: {} events to {addr}, {} streams of {} × {} events, {} connections, {pace}",
-        plan.events, plan.units, settings.messages_per_stream, plan.batch, settings.concurrency
-    );
-
-    let t0 = Instant::now();
-    let progress = {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut last = 0;
-            let mut tick = tokio::time::interval_at(
-                (t0 + Duration::from_secs(5)).into(),
-                Duration::from_secs(5),
-            );
-            loop {
-                tick.tick().await;
-                let now = shared.acknowledged.load(Ordering::Relaxed);
-                eprintln!(
-                    "loadgen: {:>6.0} s  {now} events acknowledged  {:.0} events/s",
-                    t0.elapsed().as_secs_f64(),
-                    (now - last) as f64 / 5.0
-                );
-                last = now;
-            }
+            })?);
+        }
+        Ok(Self {
+            addr,
+            target,
+            authorization,
+            channels,
         })
-    };
+    }
+}
+
+impl Plan {
+    /// The run's cut into streams, from the settings.
+    fn new(settings: &LoadgenSettings) -> Self {
+        let per_stream = settings
+            .batch_size
+            .saturating_mul(settings.messages_per_stream);
+        Plan {
+            events: settings.events,
+            batch: settings.batch_size,
+            per_stream,
+            units: settings.events.div_ceil(per_stream),
+            rate: (settings.rate > 0.0).then_some(settings.rate),
+            duration: settings.duration,
+        }
+    }
+}
+
+/// Prints the events acknowledged so far every 5 s, until aborted.
+fn spawn_progress(shared: Arc<Shared>, t0: Instant) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = 0;
+        let mut tick =
+            tokio::time::interval_at((t0 + Duration::from_secs(5)).into(), Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let now = shared.acknowledged.load(Ordering::Relaxed);
+            eprintln!(
+                "loadgen: {:>6.0} s  {now} events acknowledged  {:.0} events/s",
+                t0.elapsed().as_secs_f64(),
+                (now - last) as f64 / 5.0
+            );
+            last = now;
+        }
+    })
+}
+
+/// Runs one worker per channel and merges their tallies.
+async fn run_workers(shared: &Arc<Shared>, channels: Vec<Channel>, t0: Instant) -> Result<Tally> {
     let workers: Vec<_> = channels
         .into_iter()
         .map(|channel| tokio::spawn(worker(shared.clone(), channel, t0)))
@@ -452,20 +499,12 @@ pub async fn run(settings: &LoadgenSettings, generator: Generator) -> Result<()>
             .map_err(|e| Error::internal("a loadgen worker failed", e))?;
         tally.merge(part);
     }
-    let wall = t0.elapsed().as_secs_f64();
-    progress.abort();
-    let fatal = shared
-        .fatal
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .map(|status| fatal_error(&status, &shared.target, settings.api_key.is_some()));
-    let fatal = match fatal {
-        // Nothing was acknowledged: a report of zeros would only hide why.
-        Some(error) if tally.acknowledged == 0 => return Err(error),
-        other => other,
-    };
+    Ok(tally)
+}
 
+/// Prints the report of a run that took `wall` seconds (sorting the
+/// latencies); `paced` says latencies count from the scheduled start.
+fn print_report(tally: &mut Tally, wall: f64, paced: bool) {
     tally.latencies_us.sort_unstable();
     let lat = &tally.latencies_us;
     let (p50, p90, p99, max) = (
@@ -493,11 +532,7 @@ pub async fn run(settings: &LoadgenSettings, generator: Generator) -> Result<()>
     println!(
         "ack latency ms   p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  max {max:.2}  ({} streams{})",
         lat.len(),
-        if plan.rate.is_some() {
-            ", from scheduled start"
-        } else {
-            ""
-        }
+        if paced { ", from scheduled start" } else { "" }
     );
     for sample in &tally.rejections {
         println!("rejected: {sample}");
@@ -510,6 +545,55 @@ pub async fn run(settings: &LoadgenSettings, generator: Generator) -> Result<()>
          sent={} accepted={} duplicates={} rejected={} failed={} wall_s={wall:.3}",
         tally.sent, tally.accepted, tally.duplicates, tally.rejected, tally.failed
     );
+}
+
+/// Sends the run's events and prints the report.
+pub async fn run(settings: &LoadgenSettings, generator: Generator) -> Result<()> {
+    let Connections {
+        addr,
+        target,
+        authorization,
+        channels,
+    } = Connections::open(settings).await?;
+    let plan = Plan::new(settings);
+    let shared = Arc::new(Shared {
+        stamp_events: matches!(generator.config().time, TimePlan::Now { .. }),
+        generator,
+        plan,
+        authorization,
+        target,
+        next_unit: AtomicU64::new(0),
+        acknowledged: AtomicU64::new(0),
+        stopped: AtomicBool::new(false),
+        fatal: Mutex::new(None),
+    });
+    let pace = match plan.rate {
+        Some(rate) => format!("at {rate:.0} events/s"),
+        None => "flat out".to_owned(),
+    };
+    eprintln!(
+        "loadgen: {} events to {addr}, {} streams of {} × {} events, {} connections, {pace}",
+        plan.events, plan.units, settings.messages_per_stream, plan.batch, settings.concurrency
+    );
+
+    let t0 = Instant::now();
+    let progress = spawn_progress(shared.clone(), t0);
+    let mut tally = run_workers(&shared, channels, t0).await?;
+    let wall = t0.elapsed().as_secs_f64();
+    progress.abort();
+    let fatal = shared
+        .fatal
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .map(|status| fatal_error(&status, &shared.target, settings.api_key.is_some()));
+    let fatal = match fatal {
+        // Nothing was acknowledged: a report of zeros would only hide why.
+        Some(error) if tally.acknowledged == 0 => return Err(error),
+        other => other,
+    };
+
+    print_report(&mut tally, wall, plan.rate.is_some());
     if let Some(error) = fatal {
         return Err(error);
     }
