@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, FromArgMatches, ValueEnum};
 
 use crate::alerts::clock::SharedClock;
 
@@ -140,19 +140,6 @@ pub struct IngestLimits {
     pub max_event_types: usize,
 }
 
-impl Default for IngestLimits {
-    fn default() -> Self {
-        Self {
-            max_message_bytes: 4 * 1024 * 1024,
-            max_events_per_message: 10_000,
-            max_data_bytes: 8 * 1024,
-            max_string_bytes: 2048,
-            max_errors_reported: 1000,
-            max_event_types: 10_000,
-        }
-    }
-}
-
 fn parse_max_event_types(text: &str) -> Result<usize, String> {
     let max = crate::db::ingest::MAX_EVENT_TYPE_IDS;
     match text.trim().parse::<usize>() {
@@ -199,17 +186,6 @@ pub struct KeyLimitSettings {
         default_value_t = 4
     )]
     pub max_concurrent_queries: u32,
-}
-
-impl Default for KeyLimitSettings {
-    fn default() -> Self {
-        Self {
-            events_per_second: 50_000,
-            queries_per_second: 200,
-            max_ingest_streams: 32,
-            max_concurrent_queries: 4,
-        }
-    }
 }
 
 /// How both listeners treat connections: caps, handshake and idle
@@ -270,21 +246,6 @@ pub struct ConnectionSettings {
     pub http2_keepalive_timeout: Duration,
 }
 
-impl Default for ConnectionSettings {
-    fn default() -> Self {
-        Self {
-            grpc_max_connections: 1024,
-            http_max_connections: 256,
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(120),
-            http2_max_concurrent_streams: 1024,
-            http2_max_pending_reset_streams: 20,
-            http2_keepalive_interval: Duration::from_secs(30),
-            http2_keepalive_timeout: Duration::from_secs(20),
-        }
-    }
-}
-
 /// Optional TLS for both listeners; both files or neither.
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "TLS")]
@@ -305,14 +266,6 @@ pub struct DashboardSettings {
     /// ISO 4217 code of the currency purchase amounts are in (USD, EUR, JPY, ...); the dashboard formats revenue in it.
     #[arg(long = "currency", env = "PULSE_CURRENCY", default_value = "USD", value_parser = parse_currency)]
     pub currency: String,
-}
-
-impl Default for DashboardSettings {
-    fn default() -> Self {
-        Self {
-            currency: "USD".to_owned(),
-        }
-    }
 }
 
 /// An ISO 4217 currency code: three ASCII letters, returned upper-case.
@@ -476,54 +429,23 @@ pub struct MaintenanceSettings {
     pub vacuum_interval: Duration,
 }
 
-impl Default for MaintenanceSettings {
-    fn default() -> Self {
-        Self {
-            retention_days: 0,
-            retention_interval: Duration::from_secs(600),
-            retention_batch: 5000,
-            vacuum_interval: Duration::from_secs(3600),
-        }
-    }
-}
-
 impl ServeSettings {
     /// Settings for a server on free loopback ports against `database_url`,
     /// with every other value at its documented default. Used by tests and
     /// by embedding programs.
     pub fn for_database(database_url: &str) -> Self {
-        Self {
-            database: DatabaseSettings {
-                url: database_url.to_owned(),
-                pool_size: 16,
-                query_pool_size: 8,
-                background_pool_size: 6,
-                pool_timeout: Duration::from_secs(5),
-                statement_timeout: Duration::from_secs(30),
-                query_timeout: Duration::from_secs(2),
-            },
-            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            public_hosts: Vec::new(),
-            no_migrate: false,
-            health_interval: Duration::from_secs(1),
-            shutdown_grace: Duration::from_secs(10),
-            rollup_interval: Duration::from_millis(500),
-            query_cache_bytes: 32 * 1024 * 1024,
-            query_memory_bytes: 48 * 1024 * 1024,
-            alert_interval: Duration::from_millis(500),
-            alert_feed_capacity: 1024,
-            alert_clock: SharedClock::default(),
-            key_refresh_interval: Duration::from_secs(1),
-            limits: IngestLimits::default(),
-            key_limits: KeyLimitSettings::default(),
-            tls: TlsSettings::default(),
-            connections: ConnectionSettings::default(),
-            maintenance: MaintenanceSettings::default(),
-            dashboard: DashboardSettings::default(),
-            read_database_url: None,
-            replica_wait: Duration::from_millis(200),
-        }
+        // The defaults are the clap attributes above, parsed from an empty
+        // command line with environment variables ignored: one source.
+        let command = Self::augment_args(clap::Command::new("pulse")).mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(["pulse"])
+            .expect("every serve setting has a default");
+        let mut settings =
+            Self::from_arg_matches(&matches).expect("the defaults parse as settings");
+        settings.database.url = database_url.to_owned();
+        settings.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        settings.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        settings
     }
 }
 
@@ -568,6 +490,19 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn embedded_defaults_are_the_command_line_defaults() {
+        let s = ServeSettings::for_database("postgres://x@h/db");
+        assert_eq!(s.database.url, "postgres://x@h/db");
+        assert_eq!(s.grpc_addr.port(), 0);
+        assert_eq!(s.database.query_timeout, Duration::from_secs(2));
+        assert_eq!(s.limits.max_message_bytes, 4 * 1024 * 1024);
+        assert_eq!(s.key_limits.max_concurrent_queries, 4);
+        assert_eq!(s.connections.idle_timeout, Duration::from_secs(120));
+        assert_eq!(s.maintenance.retention_days, 0);
+        assert_eq!(s.dashboard.currency, "USD");
     }
 
     #[test]
