@@ -36,7 +36,7 @@ use crate::limits::KeyLimits;
 use crate::listen::{self, TrackLayer, Tracker};
 use crate::query::{Engine, Queries};
 use crate::supervise::Tasks;
-use crate::telemetry::Metrics;
+use crate::telemetry::Telemetry;
 use crate::tls::TlsFiles;
 
 /// Users whose surrogate key each process keeps in memory (about 100 bytes each).
@@ -56,7 +56,7 @@ struct Core {
     pools: Pools,
     /// A streaming replica's pool for GetMetrics reads, if configured.
     read_pool: Option<PgPool>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
     /// The accepted API keys, loaded before serving so that no call slips
     /// through while a key exists.
     keys: Arc<KeySet>,
@@ -123,7 +123,7 @@ impl App {
                 settings,
                 pools,
                 read_pool,
-                metrics: Metrics::new(),
+                metrics: Telemetry::new(),
                 keys,
             },
             grpc_listener,

@@ -19,13 +19,13 @@ use crate::db::maintenance::{self, Deleted, RETENTION_LOCK, VACUUM_LOCK};
 use crate::db::{PgPool, connection, rollups};
 use crate::domain::metric::floor_to;
 use crate::error::Result;
-use crate::telemetry::{JobLabels, JobNameLabels, Metrics, TableLabels};
+use crate::telemetry::{JobLabels, JobNameLabels, TableLabels, Telemetry};
 
 /// Folds rollup deltas every `interval`. Safe on every instance: a fold
 /// that finds another instance folding skips its turn.
 pub async fn fold_rollups(
     pool: PgPool,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
@@ -90,7 +90,7 @@ pub async fn fold_rollups(
 pub async fn maintenance(
     database_url: String,
     settings: MaintenanceSettings,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
     shutdown: CancellationToken,
 ) {
     tokio::join!(
@@ -106,7 +106,7 @@ pub async fn maintenance(
 async fn retention(
     database_url: &str,
     settings: &MaintenanceSettings,
-    metrics: &Metrics,
+    metrics: &Telemetry,
     shutdown: &CancellationToken,
 ) {
     if settings.retention_days == 0 || settings.retention_interval.is_zero() {
@@ -134,7 +134,7 @@ async fn retention(
 async fn vacuum(
     database_url: &str,
     settings: &MaintenanceSettings,
-    metrics: &Metrics,
+    metrics: &Telemetry,
     shutdown: &CancellationToken,
 ) {
     if settings.vacuum_interval.is_zero() {
@@ -190,7 +190,7 @@ async fn job_session(
 
 /// Records one run: its outcome, and for a run that did its work the
 /// duration and the time of success.
-fn record(job: &'static str, started: Instant, result: Result<bool>, metrics: &Metrics) {
+fn record(job: &'static str, started: Instant, result: Result<bool>, metrics: &Telemetry) {
     let outcome = match result {
         Ok(true) => {
             let name = JobNameLabels {
@@ -232,7 +232,7 @@ async fn retention_run(
     conn: &mut AsyncPgConnection,
     keep: TimeDelta,
     batch: i64,
-    metrics: &Metrics,
+    metrics: &Telemetry,
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let started = Instant::now();

@@ -48,7 +48,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::{Layer, Service};
 
 use crate::config::ConnectionSettings;
-use crate::telemetry::{CloseLabels, ListenerLabels, Metrics};
+use crate::telemetry::{CloseLabels, ListenerLabels, Telemetry};
 
 /// Streams a peer may make the server reset for protocol errors per
 /// connection before it is closed (hyper's default, set explicitly).
@@ -66,7 +66,7 @@ pub struct Tracker {
     max: usize,
     header_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
     /// The time base of [`ConnState::last_change_ms`].
     epoch: Instant,
     open: Mutex<HashMap<u64, Arc<ConnState>>>,
@@ -134,7 +134,7 @@ impl Tracker {
         listener: &'static str,
         max: usize,
         settings: &ConnectionSettings,
-        metrics: Arc<Metrics>,
+        metrics: Arc<Telemetry>,
     ) -> Arc<Self> {
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
         metrics

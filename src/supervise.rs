@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tokio::task::{Id, JoinSet};
 
-use crate::telemetry::{Metrics, TaskLabels};
+use crate::telemetry::{TaskLabels, Telemetry};
 
 /// Background tasks, each with a name for logs and metrics.
 #[derive(Default)]
@@ -73,7 +73,7 @@ impl Tasks {
     }
 
     /// Waits for the first task to end early, logs and counts it.
-    pub async fn first_failure(&mut self, metrics: &Arc<Metrics>) -> Exit {
+    pub async fn first_failure(&mut self, metrics: &Arc<Telemetry>) -> Exit {
         let exit = self.next_exit().await;
         tracing::error!(
             task = exit.task,
@@ -107,7 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_task_that_panics_or_returns_is_reported_by_name_and_counted() {
-        let metrics = Metrics::new();
+        let metrics = Telemetry::new();
         let mut tasks = Tasks::default();
         tasks.spawn("forever", std::future::pending());
         tasks.spawn("fold", async { panic!("bitmap exploded") });

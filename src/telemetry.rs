@@ -1,7 +1,9 @@
-//! Logging set-up and the Prometheus registry.
+//! Telemetry: what Pulse says about itself (logs, and the Prometheus
+//! registry served at `/metrics`), as opposed to the product metrics it
+//! computes for users (`domain::metric`, `query`).
 //!
 //! Logging is initialised once by `main` (tests leave it off, or call
-//! [`init_logging`] themselves); metrics live in a [`Metrics`] value that the
+//! [`init_logging`] themselves); metrics live in a [`Telemetry`] value that the
 //! app owns and hands to each layer, so several servers in one process keep
 //! separate counts.
 
@@ -139,7 +141,7 @@ pub struct TableLabels {
 }
 
 /// Every series Pulse exports, with the registry that renders them.
-pub struct Metrics {
+pub struct Telemetry {
     registry: Registry,
     pub rpc_requests: Family<RpcLabels, Counter>,
     pub rpc_duration: Family<RpcLabels, Histogram>,
@@ -190,7 +192,7 @@ fn latency_family<L: Clone + Eq + Hash>() -> Family<L, Histogram> {
     Family::new_with_constructor(latency_histogram)
 }
 
-impl Metrics {
+impl Telemetry {
     /// A fresh registry with every Pulse series registered at zero.
     pub fn new() -> Arc<Self> {
         let mut metrics = Self::unregistered();

@@ -34,7 +34,7 @@ use crate::db::{self, PgPool, connection};
 use crate::domain::alert::{self, EvalKey, Evaluation, NotificationState, StateCounts};
 use crate::error::{Error, Result};
 use crate::query::Engine;
-use crate::telemetry::{Metrics, StateLabels};
+use crate::telemetry::{StateLabels, Telemetry};
 
 /// Metric queries of one tick that run at the same time (each on its own
 /// pool connection).
@@ -58,7 +58,7 @@ pub async fn run(
     settings: EvaluatorSettings,
     pool: PgPool,
     cache: Arc<Engine>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
     shutdown: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(settings.interval);
@@ -144,12 +144,12 @@ async fn still_held(lock: &mut Option<AsyncPgConnection>) -> bool {
     )
 }
 
-fn step_down(metrics: &Metrics) {
+fn step_down(metrics: &Telemetry) {
     metrics.alert_evaluator_leader.set(0);
     set_counts(metrics, StateCounts::default());
 }
 
-fn set_counts(metrics: &Metrics, counts: StateCounts) {
+fn set_counts(metrics: &Telemetry, counts: StateCounts) {
     for (state, n) in [
         ("inactive", counts.inactive),
         ("pending", counts.pending),
@@ -170,7 +170,7 @@ async fn tick(
     pool: &PgPool,
     cache: &Engine,
     clock: &SharedClock,
-    metrics: &Metrics,
+    metrics: &Telemetry,
     last_seen: &mut HashMap<Uuid, (i64, Evaluation)>,
 ) -> Result<()> {
     // The only clock read of the tick (see `clock.rs`).

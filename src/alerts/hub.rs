@@ -33,7 +33,7 @@ use uuid::Uuid;
 use crate::db::{self, PgPool, connection};
 use crate::domain::alert::Notification;
 use crate::error::{Error, Result};
-use crate::telemetry::Metrics;
+use crate::telemetry::Telemetry;
 
 /// Notifications read from the table per query.
 const PAGE: i64 = 500;
@@ -56,7 +56,7 @@ pub struct Hub {
     live: broadcast::Sender<Arc<Notification>>,
     /// For replays and catch-ups (never held while sending to a client).
     pool: PgPool,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
     /// Ends the listener and every subscriber stream.
     shutdown: CancellationToken,
 }
@@ -66,7 +66,7 @@ impl Hub {
     /// subscriber that has not taken them is caught up from the table.
     pub fn new(
         pool: PgPool,
-        metrics: Arc<Metrics>,
+        metrics: Arc<Telemetry>,
         capacity: usize,
         shutdown: CancellationToken,
     ) -> Self {
@@ -191,10 +191,10 @@ async fn listen_connection(url: &str) -> Result<AsyncPgConnection> {
 }
 
 /// Counts a connected subscriber for as long as it lives.
-struct Connected(Arc<Metrics>);
+struct Connected(Arc<Telemetry>);
 
 impl Connected {
-    fn new(metrics: &Arc<Metrics>) -> Self {
+    fn new(metrics: &Arc<Telemetry>) -> Self {
         metrics.alert_subscribers.inc();
         Self(metrics.clone())
     }

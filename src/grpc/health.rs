@@ -12,7 +12,7 @@ use tonic_health::server::HealthReporter;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 
 use crate::db::server;
-use crate::telemetry::Metrics;
+use crate::telemetry::Telemetry;
 
 /// The services whose status follows the database. The empty name is the
 /// server as a whole.
@@ -31,7 +31,7 @@ pub const HEALTH_SERVICES: [&str; 4] = [
 pub async fn watch_database(
     database_url: String,
     reporter: HealthReporter,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {

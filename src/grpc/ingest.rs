@@ -32,7 +32,7 @@ use crate::domain::event::{Clock, EventLimits, RawEvent, Rejection, ValidEvent, 
 use crate::domain::user::validate_user;
 use crate::error::Error;
 use crate::limits::KeyLimits;
-use crate::telemetry::Metrics;
+use crate::telemetry::Telemetry;
 
 /// Most events the writer coalesces into one statement.
 const MAX_BATCH_EVENTS: usize = 5_000;
@@ -47,7 +47,7 @@ pub const MAX_USERS_PER_REQUEST: usize = 10_000;
 pub struct IngestState {
     pub pool: PgPool,
     pub cache: IdCache,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<Telemetry>,
     pub limits: IngestLimits,
     /// Set when reads may go to a replica: after each commit the writer
     /// records the primary's WAL position here (read-your-writes).
@@ -81,10 +81,10 @@ struct Totals {
 }
 
 /// Decrements the in-flight gauge however the stream ends.
-struct InFlight(Arc<Metrics>);
+struct InFlight(Arc<Telemetry>);
 
 impl InFlight {
-    fn new(metrics: Arc<Metrics>) -> Self {
+    fn new(metrics: Arc<Telemetry>) -> Self {
         metrics.ingest_streams_in_flight.inc();
         Self(metrics)
     }

@@ -16,7 +16,7 @@ use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::telemetry::{Metrics, RpcLabels};
+use crate::telemetry::{RpcLabels, Telemetry};
 
 /// Paths recorded under their own label; anything else is `unknown`, so a
 /// client cannot grow the label set without bound.
@@ -44,11 +44,11 @@ fn method_label(path: &str) -> String {
 /// The layer; clone it into the tonic server builder.
 #[derive(Clone)]
 pub struct ObserveLayer {
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
 }
 
 impl ObserveLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Telemetry>) -> Self {
         Self { metrics }
     }
 }
@@ -68,12 +68,12 @@ impl<S> Layer<S> for ObserveLayer {
 #[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
 }
 
 /// Records one call exactly once: when its status is known, or on drop.
 struct CallRecord {
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
     method: String,
     started: Instant,
     done: bool,

@@ -186,7 +186,7 @@ fn resolve_range(
 }
 
 /// `GET /api/v1/metrics`: GetMetrics over HTTP.
-pub async fn metrics(
+pub async fn get_metrics(
     State(state): State<HttpState>,
     params: Result<Query<MetricsParams>, QueryRejection>,
 ) -> ApiResult {

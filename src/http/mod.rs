@@ -28,12 +28,12 @@ use crate::db::{PgPool, PoolRole};
 use crate::domain::key::Scope;
 use crate::limits::{KeyLimits, QuerySlot};
 use crate::query::Queries;
-use crate::telemetry::{HttpLabels, Metrics};
+use crate::telemetry::{HttpLabels, Telemetry};
 
 /// What HTTP handlers share.
 #[derive(Clone)]
 pub struct HttpState {
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<Telemetry>,
     /// The query pool, for alert reads.
     pub pool: PgPool,
     /// Every pool of the primary, for the pool gauges of `/metrics`.
@@ -53,7 +53,7 @@ pub struct HttpState {
 /// Every HTTP route.
 pub fn router(state: HttpState) -> Router {
     let api = Router::new()
-        .route("/metrics", get(api::metrics))
+        .route("/metrics", get(api::get_metrics))
         .route("/dashboard", get(api::dashboard))
         .route("/alerts/rules", get(api::rules))
         .route("/alerts/notifications", get(api::notifications))
@@ -67,7 +67,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/assets/app.js", get(dashboard::app_js))
         .route("/assets/app.css", get(dashboard::app_css))
         .route("/favicon.svg", get(dashboard::favicon))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(prometheus))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .nest("/api/v1", api)
@@ -162,7 +162,9 @@ async fn check_query_key(
     }
 }
 
-async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+/// `GET /metrics`: Pulse's own telemetry in Prometheus text format (the
+/// product metrics that users ask for are `/api/v1/metrics`).
+async fn prometheus(State(state): State<HttpState>) -> impl IntoResponse {
     for (role, pool) in &state.pools {
         state.metrics.observe_pool(role.label(), pool.status());
     }

@@ -22,7 +22,7 @@ use crate::db::PgPool;
 use crate::db::replica::{ReadPools, ReadRoute};
 use crate::domain::metric::{MetricQuery, SeriesValues};
 use crate::error::{Error, Result};
-use crate::telemetry::Metrics;
+use crate::telemetry::Telemetry;
 
 /// Answers metric queries within the budget; cheap to clone.
 #[derive(Clone)]
@@ -32,7 +32,7 @@ pub struct Queries {
     /// Answers queries, with the rollup buckets it caches (never stale:
     /// see `query/cache.rs`).
     engine: Arc<Engine>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
     /// Longest `filter.page_url` accepted (the ingest limit), which the
     /// transports pass to `Filter::new`.
     max_string_bytes: usize,
@@ -47,7 +47,7 @@ impl Queries {
     pub fn new(
         pool: PgPool,
         engine: Arc<Engine>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<Telemetry>,
         max_string_bytes: usize,
     ) -> Self {
         Self {
