@@ -149,7 +149,7 @@ impl KeySet {
             &mut self
                 .touches
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .pending,
         );
         db::keys::touch(&mut conn, &used).await
@@ -160,21 +160,20 @@ impl KeySet {
         let mut failing = false;
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
             }
             match self.refresh(&pool).await {
                 Ok(()) if failing => {
                     failing = false;
                     tracing::info!("API keys reloaded again");
                 }
-                Ok(()) => {}
                 // Logged once per outage; the previous keys stay in force.
                 Err(error) if !failing => {
                     failing = true;
                     tracing::warn!(%error, "cannot reload API keys; keeping the previous set");
                 }
-                Err(_) => {}
+                Ok(()) | Err(_) => {}
             }
         }
     }
@@ -215,7 +214,7 @@ impl KeySet {
         let mut touches = self
             .touches
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let due = touches
             .last
             .get(&id)

@@ -442,7 +442,7 @@ impl ServeSettings {
             .expect("every serve setting has a default");
         let mut settings =
             Self::from_arg_matches(&matches).expect("the defaults parse as settings");
-        settings.database.url = database_url.to_owned();
+        database_url.clone_into(&mut settings.database.url);
         settings.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         settings.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         settings

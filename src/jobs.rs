@@ -40,8 +40,8 @@ pub async fn fold_rollups(
             }
         } else {
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+                () = shutdown.cancelled() => return,
             }
         }
         backlog = false;
@@ -156,7 +156,7 @@ async fn vacuum(
         };
         tokio::select! {
             result = run => record("vacuum", started, result, metrics),
-            _ = shutdown.cancelled() => {
+            () = shutdown.cancelled() => {
                 tracing::info!(job = "vacuum", "VACUUM cut short by shutdown");
                 return;
             }
@@ -167,8 +167,8 @@ async fn vacuum(
 /// Sleeps one interval; false at shutdown.
 async fn wait(interval: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
-        _ = tokio::time::sleep(interval) => true,
-        _ = shutdown.cancelled() => false,
+        () = tokio::time::sleep(interval) => true,
+        () = shutdown.cancelled() => false,
     }
 }
 
@@ -265,8 +265,8 @@ async fn retention_run(
         // on or shortened) is worked off at half speed, leaving the rest of
         // the database's time to ingest.
         tokio::select! {
-            _ = tokio::time::sleep(batch_started.elapsed()) => {}
-            _ = shutdown.cancelled() => break,
+            () = tokio::time::sleep(batch_started.elapsed()) => {}
+            () = shutdown.cancelled() => break,
         }
     }
     tracing::info!(

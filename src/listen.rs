@@ -160,21 +160,23 @@ impl Tracker {
     /// of connections with requests running.
     pub fn admit<T>(self: &Arc<Self>, io: T) -> Option<GuardedIo<T>> {
         let state = {
-            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            let mut open = self
+                .open
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if self.max > 0 && open.len() >= self.max {
                 let victim = open
                     .values()
                     .filter(|c| !c.busy())
                     .min_by_key(|c| c.last_change_ms.load(Ordering::Acquire))
                     .map(|c| c.id);
-                match victim.and_then(|id| open.remove(&id)) {
+                if let Some(victim) = victim.and_then(|id| open.remove(&id)) {
                     // Its own I/O wakes up, closes and counts it.
-                    Some(victim) => victim.evict.cancel(),
-                    None => {
-                        drop(open);
-                        self.count_closed("refused");
-                        return None;
-                    }
+                    victim.evict.cancel();
+                } else {
+                    drop(open);
+                    self.count_closed("refused");
+                    return None;
                 }
             }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -235,7 +237,10 @@ impl Tracker {
     /// Drops a closed connection from the registry (an evicted one is
     /// already gone from it).
     fn forget(&self, id: u64) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         open.remove(&id);
         self.set_open(open.len());
     }
@@ -275,7 +280,7 @@ impl<T> GuardedIo<T> {
             return Some(reason);
         }
         if self.evicted.as_mut().poll(cx).is_ready() {
-            return self.close("evicted");
+            return Some(self.close("evicted"));
         }
         let now = Instant::now();
         let current = self.timer.deadline().into_std();
@@ -285,7 +290,7 @@ impl<T> GuardedIo<T> {
             Ok(None) if current > now => current,
             Ok(None) => self.busy_recheck(now),
             Ok(Some(deadline)) => deadline,
-            Err(reason) => return self.close(reason),
+            Err(reason) => return Some(self.close(reason)),
         };
         if current != deadline {
             self.timer
@@ -334,7 +339,7 @@ impl<T> GuardedIo<T> {
         }
     }
 
-    fn close(&mut self, reason: &'static str) -> Option<&'static str> {
+    fn close(&mut self, reason: &'static str) -> &'static str {
         self.closed_by_us = Some(reason);
         self.tracker.count_closed(reason);
         tracing::debug!(
@@ -342,7 +347,7 @@ impl<T> GuardedIo<T> {
             reason,
             "closing a connection"
         );
-        Some(reason)
+        reason
     }
 
     fn closed_error(reason: &'static str) -> io::Error {
@@ -531,7 +536,7 @@ impl<B: Body> Body for TrackedBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
             this.guard.take();
         }
         polled

@@ -70,7 +70,7 @@ mod tests {
             escaped,
             "x\\n2026-01-01T00:00:00Z  INFO forged\\r\\u{1b}[31mred\\u{1b}[0m\\t\\u{0}\\u{7f}\\u{85}"
         );
-        assert!(!escaped.chars().any(|c| c.is_control()));
+        assert!(!escaped.chars().any(char::is_control));
     }
 
     #[test]

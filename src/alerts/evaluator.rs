@@ -69,7 +69,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => break,
         }
         if !leader {
             leader = acquire(&settings.database_url, &mut lock).await;
@@ -89,7 +89,7 @@ pub async fn run(
         let started = Instant::now();
         let outcome = tokio::select! {
             outcome = tick(&pool, &cache, &settings.clock, &metrics, &mut last_seen) => outcome,
-            _ = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => break,
         };
         metrics
             .alert_evaluation_duration

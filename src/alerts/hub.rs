@@ -93,8 +93,8 @@ impl Hub {
                 Err(error) => {
                     tracing::warn!(%error, retry_ms = backoff.as_millis() as u64, "alert feed cannot LISTEN; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                        () = self.shutdown.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
@@ -108,8 +108,8 @@ impl Hub {
                 let woke = {
                     let mut notifications = pin!(conn.notifications_stream());
                     tokio::select! {
-                        _ = self.shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(POLL_INTERVAL) => true,
+                        () = self.shutdown.cancelled() => return,
+                        () = tokio::time::sleep(POLL_INTERVAL) => true,
                         item = notifications.next() => {
                             // One read serves every NOTIFY already queued.
                             while let Some(Some(Ok(_))) = notifications.next().now_or_never() {}
@@ -122,8 +122,8 @@ impl Hub {
             tracing::warn!("alert feed lost its LISTEN connection; reconnecting and catching up");
             // Never a hot loop, even if every read fails on a fresh connection.
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+                () = self.shutdown.cancelled() => return,
             }
         }
     }
@@ -230,8 +230,8 @@ impl Subscriber {
         }
         loop {
             let item = tokio::select! {
-                _ = self.hub.shutdown.cancelled() => return,
-                _ = self.tx.closed() => return,
+                () = self.hub.shutdown.cancelled() => return,
+                () = self.tx.closed() => return,
                 item = live.recv() => item,
             };
             let result = match item {
@@ -291,7 +291,7 @@ impl Subscriber {
                 self.hub.metrics.alert_notifications_delivered.inc();
                 Ok(())
             }
-            _ = self.hub.shutdown.cancelled() => Err(Stop::Gone),
+            () = self.hub.shutdown.cancelled() => Err(Stop::Gone),
         }
     }
 
@@ -300,7 +300,7 @@ impl Subscriber {
             // The client may be gone too; then there is nobody to tell.
             tokio::select! {
                 _ = self.tx.send(Err(error)) => {}
-                _ = self.hub.shutdown.cancelled() => {}
+                () = self.hub.shutdown.cancelled() => {}
             }
         }
     }

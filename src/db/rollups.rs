@@ -49,7 +49,7 @@ struct Locked {
 /// Moves up to `$1` count deltas into their minute, hour and day rows, and
 /// returns the distinct minutes they touched (with the number of delta
 /// rows moved on every row).
-const FOLD_COUNTS: &str = r#"
+const FOLD_COUNTS: &str = r"
 WITH moved AS (
     DELETE FROM rollup_count_deltas
     WHERE ctid = ANY (ARRAY (SELECT ctid FROM rollup_count_deltas LIMIT $1))
@@ -71,7 +71,7 @@ WITH moved AS (
             revenue = t.revenue + EXCLUDED.revenue
 )
 SELECT minute, (SELECT count(*) FROM moved) AS n FROM moved GROUP BY minute
-"#;
+";
 
 /// Most delta rows one fold moves per table: a fold's memory and
 /// transaction stay bounded whatever piled up (a history import, a

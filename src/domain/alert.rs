@@ -432,14 +432,14 @@ fn plan_rule(
 ) -> Option<StateWrite> {
     let expected_seq = stored.as_ref().map(|s| s.seq);
     let mut step = RuleStep::start(rule, stored, last_seen, now);
-    if !rule.spec.enabled {
-        step.disable(rule, now);
-        counts.disabled += 1;
-    } else {
+    if rule.spec.enabled {
         if let Some(evaluation) = evaluation {
             step.evaluate(rule, evaluation, now);
         }
         counts.count(step.current.phase);
+    } else {
+        step.disable(rule, now);
+        counts.disabled += 1;
     }
     // Every notification comes with a state change (`dirty`); an
     // inactive rule that never had a row needs none.
@@ -562,7 +562,7 @@ impl RuleStep {
             )),
             Change::Resolved => {
                 self.notifications
-                    .push(resolution(&self.current, &rule.spec.name, *evaluation))
+                    .push(resolution(&self.current, &rule.spec.name, *evaluation));
             }
             _ => {}
         }
@@ -660,8 +660,8 @@ mod tests {
             id: Uuid::from_u128(7),
             revision: 1,
             spec: RuleSpec::parse(RawRule {
-                for_seconds,
                 comparison,
+                for_seconds,
                 ..raw()
             })
             .unwrap(),

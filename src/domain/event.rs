@@ -393,9 +393,7 @@ fn check_data(
         }
     }
     walk(&value, 1)?;
-    let size = serde_json::to_vec(&value)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(&value).map_or(usize::MAX, |v| v.len());
     if size > limit {
         return Err(Rejection::new(
             "data",

@@ -526,8 +526,7 @@ impl CountSeries {
         if !grouped {
             let values = series
                 .pop()
-                .map(|s| s.1)
-                .unwrap_or_else(|| vec![BigDecimal::zero(); self.buckets]);
+                .map_or_else(|| vec![BigDecimal::zero(); self.buckets], |s| s.1);
             let total = values.iter().fold(BigDecimal::zero(), |acc, v| acc + v);
             return vec![to_values(String::new(), &values, &total)];
         }
@@ -718,6 +717,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::too_many_lines)] // one table of cases
     fn sources_follow_metric_and_filter() {
         let q = |metric, filter: Filter, group_by| MetricQuery {
             metric,
@@ -729,7 +729,7 @@ mod tests {
             limit: 10,
         };
         let only = |types: &[&str]| Filter {
-            event_types: types.iter().map(|s| s.to_string()).collect(),
+            event_types: types.iter().map(std::string::ToString::to_string).collect(),
             ..Filter::default()
         };
         let page = Filter {
@@ -743,7 +743,9 @@ mod tests {
                 value: value.map(str::to_owned),
                 types: match types {
                     None => TypeSelection::All,
-                    Some(t) => TypeSelection::Only(t.iter().map(|s| s.to_string()).collect()),
+                    Some(t) => TypeSelection::Only(
+                        t.iter().map(std::string::ToString::to_string).collect(),
+                    ),
                 },
                 group,
             })

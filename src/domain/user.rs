@@ -62,9 +62,9 @@ mod tests {
 
     #[test]
     fn users_validate() {
-        assert!(validate_user("u".into(), "".into(), "".into()).is_ok());
-        assert!(validate_user("".into(), "".into(), "".into()).is_err());
-        assert!(validate_user("u".into(), "".into(), "not-an-email".into()).is_err());
+        assert!(validate_user("u".into(), String::new(), String::new()).is_ok());
+        assert!(validate_user(String::new(), String::new(), String::new()).is_err());
+        assert!(validate_user("u".into(), String::new(), "not-an-email".into()).is_err());
         let ok = validate_user("u".into(), "ada".into(), "ada@example.com".into()).unwrap();
         assert_eq!(ok.email.as_deref(), Some("ada@example.com"));
     }

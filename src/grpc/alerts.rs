@@ -18,7 +18,12 @@ use uuid::Uuid;
 use super::auth::UntilRevoked;
 use super::convert::{self, FromProto, to_timestamp};
 use super::proto::alert_service_server::AlertService;
-use super::proto::{self, *};
+use super::proto::{
+    self, AlertNotification, CreateAlertRuleRequest, CreateAlertRuleResponse,
+    DeleteAlertRuleRequest, DeleteAlertRuleResponse, GetAlertRuleRequest, GetAlertRuleResponse,
+    ListAlertRulesRequest, ListAlertRulesResponse, UpdateAlertRuleRequest, UpdateAlertRuleResponse,
+    WatchAlertsRequest,
+};
 use crate::alerts::hub::Hub;
 use crate::auth::{Caller, KeySet};
 use crate::db::{PgPool, alerts as store, connection};

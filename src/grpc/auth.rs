@@ -105,7 +105,7 @@ where
         let header = request
             .headers()
             .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes());
+            .map(http::HeaderValue::as_bytes);
         let refuse = |status: tonic::Status| Either::Right(ready(Ok(status.into_http())));
         match self.keys.authorize(header, required) {
             Ok(Some(caller)) if required == Scope::Query => {

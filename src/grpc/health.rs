@@ -58,8 +58,8 @@ pub async fn watch_database(
             last = Some(up);
         }
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.cancelled() => break,
+            () = tokio::time::sleep(interval) => {}
+            () = shutdown.cancelled() => break,
         }
     }
     for service in HEALTH_SERVICES {

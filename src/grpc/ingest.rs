@@ -22,7 +22,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use super::proto::ingest_service_server::IngestService;
-use super::proto::*;
+use super::proto::{
+    Event, EventError, IngestEventsRequest, IngestEventsResponse, UpsertUsersRequest,
+    UpsertUsersResponse,
+};
 use crate::auth::{Caller, KeySet, revoked_status};
 use crate::config::IngestLimits;
 use crate::db::ingest::{IdCache, register_types, upsert_users, write_events};

@@ -20,7 +20,7 @@ pub mod query;
 
 /// Code generated from `proto/pulse/v1/`.
 pub mod proto {
-    #![allow(clippy::all, missing_docs)]
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("pulse.v1");
 
     /// The encoded descriptor set that server reflection serves.

@@ -98,13 +98,13 @@ impl CallRecord {
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
         match code {
             tonic::Code::Ok => {
-                tracing::info!(method = %self.method, code = ?code, duration_ms, "rpc")
+                tracing::info!(method = %self.method, code = ?code, duration_ms, "rpc");
             }
             tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss => {
-                tracing::error!(method = %self.method, code = ?code, duration_ms, status_message = message, "rpc")
+                tracing::error!(method = %self.method, code = ?code, duration_ms, status_message = message, "rpc");
             }
             _ => {
-                tracing::warn!(method = %self.method, code = ?code, duration_ms, status_message = message, "rpc")
+                tracing::warn!(method = %self.method, code = ?code, duration_ms, status_message = message, "rpc");
             }
         }
     }

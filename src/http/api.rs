@@ -170,13 +170,12 @@ fn resolve_range(
             ));
         }
     };
-    let (start, end, default_granularity) = match explicit {
-        Some((start, end)) => (start, end, Granularity::Total),
-        None => {
-            let (span, granularity) = parse_range(p.range.as_deref().unwrap_or("1h"))?;
-            let end = ceil_to(now + TimeDelta::milliseconds(1), 60);
-            (end - span, end, granularity)
-        }
+    let (start, end, default_granularity) = if let Some((start, end)) = explicit {
+        (start, end, Granularity::Total)
+    } else {
+        let (span, granularity) = parse_range(p.range.as_deref().unwrap_or("1h"))?;
+        let end = ceil_to(now + TimeDelta::milliseconds(1), 60);
+        (end - span, end, granularity)
     };
     let granularity = match p.granularity.as_deref() {
         Some(text) => parse_granularity(text)?,
@@ -273,10 +272,10 @@ async fn rules_json(state: &HttpState) -> Result<Vec<Value>, Error> {
     for (i, rule) in rules.iter().enumerate() {
         let AlertRule { id, spec, revision } = rule;
         let stored = states.get(id).filter(|s| s.revision == *revision);
-        let phase = if !spec.enabled {
-            "disabled"
-        } else {
+        let phase = if spec.enabled {
             stored.map_or(Phase::Inactive, |s| s.phase).as_str()
+        } else {
+            "disabled"
         };
         // A value that cannot be computed is left out (null); the rule and
         // its state are still listed.

@@ -136,7 +136,9 @@ async fn check_query_key(
     state: &HttpState,
     headers: &header::HeaderMap,
 ) -> Result<Option<QuerySlot>, Box<Response>> {
-    let header = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .map(http::HeaderValue::as_bytes);
     match state.keys.authorize(header, Scope::Query) {
         Ok(Some(caller)) => {
             let slot = match state.key_limits.take_query(caller.key_id) {

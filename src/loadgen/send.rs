@@ -266,7 +266,10 @@ impl Shared {
     /// says to stop at; the first such refusal is the one reported.
     fn stop(&self, status: Status) {
         self.stopped.store(true, Ordering::Relaxed);
-        let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fatal = self
+            .fatal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         fatal.get_or_insert(status);
     }
 
@@ -584,7 +587,7 @@ pub async fn run(settings: &LoadgenSettings, generator: Generator) -> Result<()>
     let fatal = shared
         .fatal
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take()
         .map(|status| fatal_error(&status, &shared.target, settings.api_key.is_some()));
     let fatal = match fatal {

@@ -306,7 +306,9 @@ impl BucketCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves a cache that is at worst
         // incomplete, never wrong: entries are inserted whole.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The generation from which a request should read the fold log, or

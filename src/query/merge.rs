@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, Utc};
 use diesel_async::AsyncPgConnection;
 use roaring::RoaringTreemap;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::cache::{Bucket, Sales, UserSet};
 use super::names::Names;
@@ -213,7 +213,7 @@ pub(super) fn set_totals(job: &Job<'_>, merged: &Merged) -> Vec<(u32, i128)> {
     );
     let bounds = bounds.into_inner();
     let limit = job.q.limit as usize;
-    let candidates: Option<FxHashMap<u32, ()>> =
+    let candidates: Option<FxHashSet<u32>> =
         (job.q.group_by != Dimension::None && bounds.len() > limit).then(|| {
             let mut lowers: Vec<u64> = bounds.values().map(|b| b.0).collect();
             lowers.sort_unstable_by(|a, b| b.cmp(a));
@@ -221,10 +221,10 @@ pub(super) fn set_totals(job: &Job<'_>, merged: &Merged) -> Vec<(u32, i128)> {
             bounds
                 .iter()
                 .filter(|(_, b)| b.1 >= threshold)
-                .map(|(g, _)| (*g, ()))
+                .map(|(g, _)| *g)
                 .collect()
         });
-    let wanted = |g: u32| candidates.as_ref().is_none_or(|c| c.contains_key(&g));
+    let wanted = |g: u32| candidates.as_ref().is_none_or(|c| c.contains(&g));
     let totals = std::cell::RefCell::new(FxHashMap::<u32, RoaringTreemap>::default());
     visit_sets(
         job,
@@ -349,28 +349,28 @@ pub(super) async fn pick(
         ranked.truncate(keep);
     }
     let keys: Vec<u32> = ranked.iter().map(|r| r.0).collect();
-    let named: HashMap<u32, Arc<str>> = match job.read.group {
-        Dimension::EventType => {
-            let ids: Vec<i16> = keys.iter().map(|k| *k as u16 as i16).collect();
-            let types = names.types_with(conn, &[], &ids).await?;
-            ids.iter()
-                .filter_map(|i| Some((u32::from(*i as u16), types.by_id.get(i)?.as_str().into())))
-                .collect()
-        }
-        _ => {
-            let ids: Vec<i32> = keys.iter().map(|k| *k as i32).collect();
-            names
-                .values(conn, &ids)
-                .await?
-                .into_iter()
-                .map(|(i, n)| (i as u32, n))
-                .collect()
-        }
+    let named: HashMap<u32, Arc<str>> = if job.read.group == Dimension::EventType {
+        let ids: Vec<i16> = keys.iter().map(|k| *k as u16 as i16).collect();
+        let types = names.types_with(conn, &[], &ids).await?;
+        ids.iter()
+            .filter_map(|i| Some((u32::from(*i as u16), types.by_id.get(i)?.as_str().into())))
+            .collect()
+    } else {
+        let ids: Vec<i32> = keys.iter().map(|k| *k as i32).collect();
+        names
+            .values(conn, &ids)
+            .await?
+            .into_iter()
+            .map(|(i, n)| (i as u32, n))
+            .collect()
     };
     let mut out: Vec<(u32, String, i128)> = ranked
         .into_iter()
         .map(|(k, total)| {
-            let name = named.get(&k).map(|n| n.to_string()).unwrap_or_default();
+            let name = named
+                .get(&k)
+                .map(std::string::ToString::to_string)
+                .unwrap_or_default();
             (k, name, total)
         })
         .collect();

@@ -112,15 +112,14 @@ async fn within_budget<T>(
     budget: Duration,
     cancel: tokio_postgres::CancelToken,
 ) -> Option<T> {
-    match tokio::time::timeout(budget, work).await {
-        Ok(done) => Some(done),
-        Err(_) => {
-            if let Ok(Err(error)) =
-                tokio::time::timeout(CANCEL_WAIT, cancel.cancel_query(tokio_postgres::NoTls)).await
-            {
-                tracing::warn!(%error, "could not cancel an over-budget query");
-            }
-            None
+    if let Ok(done) = tokio::time::timeout(budget, work).await {
+        Some(done)
+    } else {
+        if let Ok(Err(error)) =
+            tokio::time::timeout(CANCEL_WAIT, cancel.cancel_query(tokio_postgres::NoTls)).await
+        {
+            tracing::warn!(%error, "could not cancel an over-budget query");
         }
+        None
     }
 }

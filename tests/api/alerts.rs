@@ -113,7 +113,10 @@ async fn update(app: &TestApp, rule: AlertRule) -> AlertRule {
 async fn watch_on(channel: Channel, after_id: u64, rule_ids: &[&str]) -> Watch {
     AlertServiceClient::new(channel)
         .watch_alerts(WatchAlertsRequest {
-            rule_ids: rule_ids.iter().map(|s| s.to_string()).collect(),
+            rule_ids: rule_ids
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             after_id,
         })
         .await
@@ -617,7 +620,7 @@ async fn crud_validates_each_field_and_answers_not_found() {
                 r.filter = Some(Filter {
                     event_types: vec!["Not A Type".into()],
                     ..Filter::default()
-                })
+                });
             },
             "rule.filter.event_type",
         ),
@@ -627,7 +630,7 @@ async fn crud_validates_each_field_and_answers_not_found() {
                 r.filter = Some(Filter {
                     page_url: "/home".into(),
                     ..Filter::default()
-                })
+                });
             },
             "rule.filter: page_url",
         ),
@@ -638,7 +641,7 @@ async fn crud_validates_each_field_and_answers_not_found() {
                     event_types: vec!["click".into()],
                     product_id: "sku-1".into(),
                     ..Filter::default()
-                })
+                });
             },
             "rule.filter",
         ),
@@ -810,7 +813,10 @@ async fn reconnecting_with_after_id_gets_exactly_the_missed_notifications_in_ord
     let mut one = watch_on(app.channel.clone(), 0, &[&rules[1].id]).await;
     let mine = take(&mut one, 7).await;
     assert!(mine.iter().all(|n| n.rule_id == rules[1].id));
-    let states: Vec<_> = mine.iter().map(|n| n.state()).collect();
+    let states: Vec<_> = mine
+        .iter()
+        .map(pulse::grpc::proto::AlertNotification::state)
+        .collect();
     use AlertState::{Firing as F, Resolved as R};
     assert_eq!(
         states,
@@ -824,7 +830,7 @@ async fn a_slow_subscriber_is_caught_up_from_the_table_and_slows_nobody() {
     let clock = ManualClock::new(base());
     // A live feed of 4: any subscriber more than 4 behind is caught up.
     let app = spawn_on(TestDatabase::migrated().await, &clock, |s| {
-        s.alert_feed_capacity = 4
+        s.alert_feed_capacity = 4;
     })
     .await;
     const RULES: usize = 20;
@@ -911,7 +917,9 @@ async fn two_instances_notify_once_deliver_everywhere_and_fail_over() {
     flip(&clock, 3, true).await;
     let got = take(&mut on_follower, 3).await;
     assert_eq!(
-        got.iter().map(|n| n.state()).collect::<Vec<_>>(),
+        got.iter()
+            .map(pulse::grpc::proto::AlertNotification::state)
+            .collect::<Vec<_>>(),
         vec![AlertState::Firing, AlertState::Resolved, AlertState::Firing]
     );
     assert_eq!(take(&mut on_leader, 3).await, got);
@@ -996,7 +1004,7 @@ async fn killing_the_evaluating_process_moves_evaluation_to_the_other() {
 
     // Instance B, in this process: not evaluating, yet it delivers.
     let b = TestApp::spawn_on(alias(&db), |s| {
-        s.alert_interval = Duration::from_millis(100)
+        s.alert_interval = Duration::from_millis(100);
     })
     .await;
     assert!(!is_leader(&b).await, "two evaluators");
@@ -1055,7 +1063,9 @@ async fn the_feed_and_the_evaluator_recover_from_losing_their_connections() {
     flip(&clock, 2, true).await;
     let got = take(&mut feed, 2).await;
     assert_eq!(
-        got.iter().map(|n| n.state()).collect::<Vec<_>>(),
+        got.iter()
+            .map(pulse::grpc::proto::AlertNotification::state)
+            .collect::<Vec<_>>(),
         vec![AlertState::Firing, AlertState::Resolved]
     );
 

@@ -191,7 +191,7 @@ fn paced_stream(
         IngestServiceClient::new(channel)
             .ingest_events(ReceiverStream::new(rx))
             .await
-            .map(|r| r.into_inner())
+            .map(tonic::Response::into_inner)
     })
 }
 
@@ -202,7 +202,7 @@ async fn resend(
     IngestServiceClient::new(channel)
         .ingest_events(tokio_stream::iter(messages))
         .await
-        .map(|r| r.into_inner())
+        .map(tonic::Response::into_inner)
 }
 
 async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
@@ -452,8 +452,7 @@ async fn vanishing_clients_and_subscribers_that_never_read_keep_memory_bounded()
         metrics
             .lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_else(|| panic!("{name} in /metrics"))
+            .map_or_else(|| panic!("{name} in /metrics"), |v| v.trim().to_owned())
     };
     let in_flight = gauge("pulse_ingest_streams_in_flight");
     let subscribers_left = gauge("pulse_alert_subscribers");

@@ -117,9 +117,15 @@ async fn data_nests_sixteen_objects_around_a_scalar_and_no_more() {
         vec![message(vec![
             event(nested(16, Kind::NumberValue(1.0))),
             event(nested(16, Kind::StringValue("leaf".into()))),
-            event(nested(15, Kind::StructValue(Default::default()))),
+            event(nested(
+                15,
+                Kind::StructValue(prost_types::Struct::default()),
+            )),
             event(nested(17, Kind::NumberValue(1.0))),
-            event(nested(16, Kind::StructValue(Default::default()))),
+            event(nested(
+                16,
+                Kind::StructValue(prost_types::Struct::default()),
+            )),
         ])],
     )
     .await
@@ -371,8 +377,10 @@ pub async fn raw_get(
         .expect("connect http");
     let extra: String = headers
         .iter()
-        .map(|(name, value)| format!("{name}: {value}\r\n"))
-        .collect();
+        .fold(String::new(), |mut out, (name, value)| {
+            let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{name}: {value}\r\n"));
+            out
+        });
     let request = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n{extra}\r\n");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut raw = Vec::new();

@@ -302,8 +302,10 @@ pub async fn http_get_with(
         .expect("connect http");
     let extra: String = headers
         .iter()
-        .map(|(name, value)| format!("{name}: {value}\r\n"))
-        .collect();
+        .fold(String::new(), |mut out, (name, value)| {
+            let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{name}: {value}\r\n"));
+            out
+        });
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n");
     stream.write_all(request.as_bytes()).await.expect("write");

@@ -58,7 +58,7 @@ pub async fn ingest(
     app.ingest()
         .ingest_events(tokio_stream::iter(messages))
         .await
-        .map(|r| r.into_inner())
+        .map(tonic::Response::into_inner)
 }
 
 fn ids(n: usize) -> Vec<Uuid> {
@@ -327,7 +327,7 @@ fn bad_cases() -> Vec<Case> {
         Case {
             name: "empty event_id",
             event: Event {
-                event_id: "".into(),
+                event_id: String::new(),
                 ..click(id(), "u")
             },
             reason: "event_id is empty",
@@ -343,7 +343,7 @@ fn bad_cases() -> Vec<Case> {
         Case {
             name: "empty event_type",
             event: Event {
-                event_type: "".into(),
+                event_type: String::new(),
                 ..click(id(), "u")
             },
             reason: "event_type is empty",

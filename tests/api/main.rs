@@ -1,6 +1,9 @@
 //! Black-box tests: each test gets a fresh database cloned from a migrated
 //! template and a Pulse server on port 0, and talks to it over a real socket.
 
+// A test is one scenario read top to bottom; splitting it would scatter it.
+#![allow(clippy::too_many_lines)]
+
 mod abuse;
 mod alerts;
 mod cli;

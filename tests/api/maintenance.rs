@@ -220,7 +220,7 @@ async fn retention_deletes_exactly_the_old_raw_rows_keeps_rollup_answers_and_nev
             client
                 .ingest_events(tokio_stream::iter(messages))
                 .await
-                .map(|r| r.into_inner())
+                .map(tonic::Response::into_inner)
         })
     };
     let janitor = TestApp::spawn_on(alias(&writer.db), |s| {

@@ -772,7 +772,7 @@ async fn property_rollups_match_brute_force_over_random_events_and_requests() {
                             None,
                             Some(product),
                             f64::from(q),
-                            cents as f64 / 100.0,
+                            f64::from(cents) / 100.0,
                         )
                     }
                     other => (
@@ -843,7 +843,7 @@ async fn property_rollups_match_brute_force_over_random_events_and_requests() {
             filter.event_types = types
                 .iter()
                 .filter(|_| rng.random_bool(0.5))
-                .map(|s| s.to_string())
+                .map(std::string::ToString::to_string)
                 .collect();
         }
         if rng.random_bool(0.15) {
@@ -985,7 +985,7 @@ async fn an_acknowledged_event_is_counted_by_the_next_query() {
             ),
         )
         .await;
-        assert_eq!(r.series[0].total, n as f64);
+        assert_eq!(r.series[0].total, f64::from(n));
     }
 }
 

@@ -48,7 +48,7 @@ async fn stream(
     app.ingest()
         .ingest_events(tokio_stream::iter(messages))
         .await
-        .map(|r| r.into_inner())
+        .map(tonic::Response::into_inner)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -80,7 +80,7 @@ async fn thirty_three_thousand_new_types_fill_the_registry_and_are_then_refused_
                 pulse::grpc::proto::ingest_service_client::IngestServiceClient::new(channel)
                     .ingest_events(tokio_stream::iter(messages))
                     .await
-                    .map(|r| r.into_inner())
+                    .map(tonic::Response::into_inner)
             })
         })
         .collect();
@@ -174,7 +174,7 @@ async fn concurrent_streams_never_pass_the_cap_together() {
                 pulse::grpc::proto::ingest_service_client::IngestServiceClient::new(channel)
                     .ingest_events(tokio_stream::iter(vec![message(events)]))
                     .await
-                    .map(|r| r.into_inner())
+                    .map(tonic::Response::into_inner)
             })
         })
         .collect();
