@@ -10,4 +10,4 @@ UPDATE alert_rules SET comparison = CASE comparison
     ELSE comparison END;
 ALTER TABLE alert_rules ADD CONSTRAINT alert_rules_comparison
     CHECK (comparison IN ('greater_than', 'greater_or_equal', 'less_than', 'less_or_equal'));
-COMMENT ON COLUMN alert_rules.comparison IS 'How the value is compared with the threshold: greater_than, greater_or_equal, less_than or less_or_equal.';
+COMMENT ON COLUMN alert_rules.comparison IS 'How the value is compared with the threshold: a name of Comparison in src/domain/alert.rs (greater_than, ...).';

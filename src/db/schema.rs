@@ -45,7 +45,7 @@ diesel::table! {
         filter_user_id -> Nullable<Text>,
         /// The metric is computed over the sliding window [now - window_seconds, now).
         window_seconds -> Int4,
-        /// How the value is compared with the threshold: greater_than, greater_or_equal, less_than or less_or_equal.
+        /// How the value is compared with the threshold: a name of Comparison in src/domain/alert.rs (greater_than, ...).
         comparison -> Text,
         /// The value the metric is compared with; always finite.
         threshold -> Float8,
