@@ -9,12 +9,14 @@
 //!
 //! * [`cli`] parses the command line; [`config`] declares every setting once.
 //! * [`app`] wires a server: database, pool, listeners, services, shutdown.
-//! * [`grpc`] is the gRPC transport (generated code, handlers, conversions);
-//!   [`http`] serves `/metrics` and the dashboard.
+//! * [`grpc`] is the gRPC transport (generated code, handlers, the one
+//!   proto ⇄ domain conversion module, the health watcher); [`http`] serves
+//!   the dashboard, its JSON API and `/metrics`.
 //! * [`domain`] holds validated types and rules, with no I/O.
 //! * [`db`] is storage: the pool, migrations, and one function per query.
-//! * [`query`] answers metric queries for every transport: the plan, the
-//!   bucket cache, the merge into ranked series.
+//! * [`query`] answers metric queries for every transport: [`query::Queries`]
+//!   (budget, replica routing), the plan, the bucket cache, the merge into
+//!   ranked series.
 //! * [`bench`] is `pulse bench-queries`, the GetMetrics latency benchmark.
 //! * [`jobs`] are background loops of `serve` (rollup folding, retention,
 //!   VACUUM); [`supervise`] stops the process when one of them ends early.
@@ -25,7 +27,8 @@
 //! * [`tls`] reads and checks the optional TLS certificate and key;
 //!   [`listen`] caps each listener's connections and closes those that
 //!   never finish a handshake or sit idle.
-//! * [`error`] is the error policy; [`telemetry`] is logging and metrics;
+//! * [`error`] is the error policy; [`telemetry`] is logging and Pulse's own
+//!   Prometheus counters (not the product metrics);
 //!   [`text`] escapes client text for logs and terminal tables;
 //!   [`redact`] keeps passwords in database URLs out of what is printed.
 //! * [`loadgen`] is `pulse loadgen`: a deterministic event generator that
