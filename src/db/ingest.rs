@@ -144,88 +144,148 @@ pub async fn write_events(
     }
     // A fixed lock order across concurrent batches: no deadlocks.
     events.sort_unstable_by_key(|e| e.event_id);
+    let events: &[ValidEvent] = events;
 
-    let type_ids = resolve_types(conn, cache, events).await?;
-    let user_ids = resolve_users(conn, cache, events).await?;
-    let pages = resolve_values(
-        conn,
-        cache,
-        PAGES,
-        events.iter().filter_map(|e| match &e.detail {
-            Detail::Pageview { page_url } => Some(page_url.as_str()),
-            _ => None,
-        }),
-    )
-    .await?;
-    let products = resolve_values(
-        conn,
-        cache,
-        PRODUCTS,
-        events.iter().filter_map(|e| match &e.detail {
-            Detail::Purchase { product_id, .. } => Some(product_id.as_str()),
-            _ => None,
-        }),
-    )
-    .await?;
+    let ids = BatchIds::resolve(conn, cache, events).await?;
+    let columns = BatchColumns::new(events, &ids);
+    insert_batch(conn, &columns).await
+}
 
-    let n = events.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut times: Vec<DateTime<Utc>> = Vec::with_capacity(n);
-    let mut user_refs: Vec<Option<i64>> = Vec::with_capacity(n);
-    let mut types: Vec<i16> = Vec::with_capacity(n);
-    let mut data: Vec<Option<serde_json::Value>> = Vec::with_capacity(n);
-    let mut pv_ids = Vec::new();
-    let mut pv_urls: Vec<&str> = Vec::new();
-    let mut pv_values: Vec<i32> = Vec::new();
-    let mut pu_ids = Vec::new();
-    let mut pu_products: Vec<&str> = Vec::new();
-    let mut pu_values: Vec<i32> = Vec::new();
-    let mut pu_quantities: Vec<i32> = Vec::new();
-    let mut pu_amounts: Vec<&BigDecimal> = Vec::new();
-    for event in events.iter() {
-        ids.push(event.event_id);
-        times.push(event.timestamp);
-        user_refs.push(event.user_id.as_ref().map(|u| user_ids[u.as_str()]));
-        types.push(type_ids[event.event_type.as_str()]);
-        data.push(event.data.clone());
+/// Surrogate keys of everything one batch refers to, by name.
+struct BatchIds<'a> {
+    types: HashMap<String, i16>,
+    users: HashMap<String, i64>,
+    pages: HashMap<&'a str, i32>,
+    products: HashMap<&'a str, i32>,
+}
+
+impl<'a> BatchIds<'a> {
+    /// Resolves (registering what is new) the batch's types, users, pages
+    /// and products, in that order.
+    async fn resolve(
+        conn: &mut AsyncPgConnection,
+        cache: &IdCache,
+        events: &'a [ValidEvent],
+    ) -> Result<Self> {
+        let types = resolve_types(conn, cache, events).await?;
+        let users = resolve_users(conn, cache, events).await?;
+        let pages = resolve_values(
+            conn,
+            cache,
+            PAGES,
+            events.iter().filter_map(|e| match &e.detail {
+                Detail::Pageview { page_url } => Some(page_url.as_str()),
+                _ => None,
+            }),
+        )
+        .await?;
+        let products = resolve_values(
+            conn,
+            cache,
+            PRODUCTS,
+            events.iter().filter_map(|e| match &e.detail {
+                Detail::Purchase { product_id, .. } => Some(product_id.as_str()),
+                _ => None,
+            }),
+        )
+        .await?;
+        Ok(Self {
+            types,
+            users,
+            pages,
+            products,
+        })
+    }
+}
+
+/// The batch as the column arrays [`INSERT_EVENTS`] `unnest`s: events
+/// (`$1..$5`), pageviews (`$6..$7`, `$12`) and purchases (`$8..$11`, `$13`).
+#[derive(Default)]
+struct BatchColumns<'a> {
+    ids: Vec<Uuid>,
+    times: Vec<DateTime<Utc>>,
+    user_refs: Vec<Option<i64>>,
+    types: Vec<i16>,
+    data: Vec<Option<serde_json::Value>>,
+    pv_ids: Vec<Uuid>,
+    pv_urls: Vec<&'a str>,
+    pv_values: Vec<i32>,
+    pu_ids: Vec<Uuid>,
+    pu_products: Vec<&'a str>,
+    pu_values: Vec<i32>,
+    pu_quantities: Vec<i32>,
+    pu_amounts: Vec<&'a BigDecimal>,
+}
+
+impl<'a> BatchColumns<'a> {
+    /// Lays out `events` in order, with their ids from `ids`.
+    fn new(events: &'a [ValidEvent], ids: &BatchIds) -> Self {
+        let n = events.len();
+        let mut columns = Self {
+            ids: Vec::with_capacity(n),
+            times: Vec::with_capacity(n),
+            user_refs: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            data: Vec::with_capacity(n),
+            ..Self::default()
+        };
+        for event in events {
+            columns.ids.push(event.event_id);
+            columns.times.push(event.timestamp);
+            columns
+                .user_refs
+                .push(event.user_id.as_ref().map(|u| ids.users[u.as_str()]));
+            columns.types.push(ids.types[event.event_type.as_str()]);
+            columns.data.push(event.data.clone());
+            columns.push_detail(event, ids);
+        }
+        columns
+    }
+
+    /// Adds the pageview or purchase row of `event`, if it has one.
+    fn push_detail(&mut self, event: &'a ValidEvent, ids: &BatchIds) {
         match &event.detail {
             Detail::None => {}
             Detail::Pageview { page_url } => {
-                pv_ids.push(event.event_id);
-                pv_urls.push(page_url);
-                pv_values.push(pages[page_url.as_str()]);
+                self.pv_ids.push(event.event_id);
+                self.pv_urls.push(page_url);
+                self.pv_values.push(ids.pages[page_url.as_str()]);
             }
             Detail::Purchase {
                 product_id,
                 quantity,
                 amount,
             } => {
-                pu_ids.push(event.event_id);
-                pu_products.push(product_id);
-                pu_values.push(products[product_id.as_str()]);
-                pu_quantities.push(*quantity);
-                pu_amounts.push(amount);
+                self.pu_ids.push(event.event_id);
+                self.pu_products.push(product_id);
+                self.pu_values.push(ids.products[product_id.as_str()]);
+                self.pu_quantities.push(*quantity);
+                self.pu_amounts.push(amount);
             }
         }
     }
+}
 
+/// Runs [`INSERT_EVENTS`] over the batch, up to three times while it fails
+/// on a serialization failure or a deadlock.
+async fn insert_batch(conn: &mut AsyncPgConnection, c: &BatchColumns<'_>) -> Result<BatchOutcome> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let result = diesel::sql_query(INSERT_EVENTS)
-            .bind::<Array<diesel::sql_types::Uuid>, _>(&ids)
-            .bind::<Array<Timestamptz>, _>(&times)
-            .bind::<Array<Nullable<Int8>>, _>(&user_refs)
-            .bind::<Array<Int2>, _>(&types)
-            .bind::<Array<Nullable<Jsonb>>, _>(&data)
-            .bind::<Array<diesel::sql_types::Uuid>, _>(&pv_ids)
-            .bind::<Array<Text>, _>(&pv_urls)
-            .bind::<Array<diesel::sql_types::Uuid>, _>(&pu_ids)
-            .bind::<Array<Text>, _>(&pu_products)
-            .bind::<Array<Int4>, _>(&pu_quantities)
-            .bind::<Array<Numeric>, _>(&pu_amounts)
-            .bind::<Array<Int4>, _>(&pv_values)
-            .bind::<Array<Int4>, _>(&pu_values)
+            .bind::<Array<diesel::sql_types::Uuid>, _>(&c.ids)
+            .bind::<Array<Timestamptz>, _>(&c.times)
+            .bind::<Array<Nullable<Int8>>, _>(&c.user_refs)
+            .bind::<Array<Int2>, _>(&c.types)
+            .bind::<Array<Nullable<Jsonb>>, _>(&c.data)
+            .bind::<Array<diesel::sql_types::Uuid>, _>(&c.pv_ids)
+            .bind::<Array<Text>, _>(&c.pv_urls)
+            .bind::<Array<diesel::sql_types::Uuid>, _>(&c.pu_ids)
+            .bind::<Array<Text>, _>(&c.pu_products)
+            .bind::<Array<Int4>, _>(&c.pu_quantities)
+            .bind::<Array<Numeric>, _>(&c.pu_amounts)
+            .bind::<Array<Int4>, _>(&c.pv_values)
+            .bind::<Array<Int4>, _>(&c.pu_values)
             .load::<InsertedRow>(conn)
             .await;
         match result {
@@ -322,6 +382,24 @@ pub async fn register_types(
     names: &[&str],
     max_types: usize,
 ) -> Result<HashSet<String>> {
+    let missing = uncached_types(cache, names);
+    if missing.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let cap = max_types.min(MAX_EVENT_TYPE_IDS) as i64;
+    let (found, refused) = conn
+        .transaction::<_, Error, _>(async |conn| register_locked(conn, &missing, cap).await)
+        .await?;
+    let found: Vec<(i16, String)> = found
+        .into_iter()
+        .map(|t| (t.event_type_id, t.name))
+        .collect();
+    cache.remember_types(&found);
+    Ok(refused)
+}
+
+/// The distinct names of `names` that `cache` does not know, sorted.
+fn uncached_types<'a>(cache: &IdCache, names: &[&'a str]) -> Vec<&'a str> {
     let mut missing: Vec<&str> = names
         .iter()
         .copied()
@@ -329,39 +407,51 @@ pub async fn register_types(
         .collect();
     missing.sort_unstable();
     missing.dedup();
-    if missing.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let cap = max_types.min(MAX_EVENT_TYPE_IDS) as i64;
-    let (found, refused) = conn
-        .transaction::<_, Error, _>(async |conn| {
-            diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
-                .bind::<BigInt, _>(EVENT_TYPES_LOCK)
-                .execute(conn)
-                .await?;
-            // Under the lock: what another stream or instance registered
-            // meanwhile, and how many types exist.
-            let mut found: Vec<TypeRow> = diesel::sql_query(
-                "SELECT event_type_id, name FROM event_types WHERE name = ANY($1)",
-            )
-            .bind::<Array<Text>, _>(&missing)
+    missing
+}
+
+/// The body of [`register_types`]' transaction: takes the advisory lock,
+/// then registers the names of `missing` not yet registered while the
+/// registry holds fewer than `cap` types. Returns the rows of `missing`
+/// now registered and the names refused.
+async fn register_locked(
+    conn: &mut AsyncPgConnection,
+    missing: &[&str],
+    cap: i64,
+) -> Result<(Vec<TypeRow>, HashSet<String>)> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+        .bind::<BigInt, _>(EVENT_TYPES_LOCK)
+        .execute(conn)
+        .await?;
+    // Under the lock: what another stream or instance registered
+    // meanwhile, and how many types exist.
+    let mut found: Vec<TypeRow> =
+        diesel::sql_query("SELECT event_type_id, name FROM event_types WHERE name = ANY($1)")
+            .bind::<Array<Text>, _>(missing)
             .load(conn)
             .await?;
-            let known: HashSet<&str> = found.iter().map(|t| t.name.as_str()).collect();
-            let new: Vec<&str> = missing
-                .iter()
-                .copied()
-                .filter(|name| !known.contains(name))
-                .collect();
-            let existing: Count = diesel::sql_query("SELECT count(*) AS n FROM event_types")
-                .get_result(conn)
-                .await?;
-            let room = usize::try_from((cap - existing.n).max(0)).unwrap_or(0);
-            let (admitted, refused) = new.split_at(room.min(new.len()));
-            if !admitted.is_empty() {
-                // The lowest free ids, in name order: no sequence, so
-                // nothing is spent by a conflict or a rollback.
-                let inserted: Vec<TypeRow> = diesel::sql_query(
+    let known: HashSet<&str> = found.iter().map(|t| t.name.as_str()).collect();
+    let new: Vec<&str> = missing
+        .iter()
+        .copied()
+        .filter(|name| !known.contains(name))
+        .collect();
+    let existing: Count = diesel::sql_query("SELECT count(*) AS n FROM event_types")
+        .get_result(conn)
+        .await?;
+    let room = usize::try_from((cap - existing.n).max(0)).unwrap_or(0);
+    let (admitted, refused) = new.split_at(room.min(new.len()));
+    if !admitted.is_empty() {
+        found.extend(insert_types(conn, admitted).await?);
+    }
+    let refused: HashSet<String> = refused.iter().map(|n| (*n).to_owned()).collect();
+    Ok((found, refused))
+}
+
+/// Registers the new names `admitted` under the lowest free ids, in name
+/// order: no sequence, so nothing is spent by a conflict or a rollback.
+async fn insert_types(conn: &mut AsyncPgConnection, admitted: &[&str]) -> Result<Vec<TypeRow>> {
+    let inserted: Vec<TypeRow> = diesel::sql_query(
                     "INSERT INTO event_types (event_type_id, name)
                      SELECT free.id::int2, names.name
                      FROM (SELECT name, row_number() OVER (ORDER BY name) AS k
@@ -371,30 +461,22 @@ pub async fn register_types(
                            WHERE NOT EXISTS (SELECT 1 FROM event_types t WHERE t.event_type_id = id)) AS free
                        USING (k)
                      RETURNING event_type_id, name",
-                )
-                .bind::<Array<Text>, _>(admitted)
-                .bind::<Int4, _>(MAX_EVENT_TYPE_IDS as i32)
-                .load(conn)
-                .await?;
-                if inserted.len() != admitted.len() {
-                    return Err(Error::Internal(format!(
-                        "registered {} of {} event types: no free id left",
-                        inserted.len(),
-                        admitted.len()
-                    ).into()));
-                }
-                found.extend(inserted);
-            }
-            let refused: HashSet<String> = refused.iter().map(|n| (*n).to_owned()).collect();
-            Ok((found, refused))
-        })
-        .await?;
-    let found: Vec<(i16, String)> = found
-        .into_iter()
-        .map(|t| (t.event_type_id, t.name))
-        .collect();
-    cache.remember_types(&found);
-    Ok(refused)
+    )
+    .bind::<Array<Text>, _>(admitted)
+    .bind::<Int4, _>(MAX_EVENT_TYPE_IDS as i32)
+    .load(conn)
+    .await?;
+    if inserted.len() != admitted.len() {
+        return Err(Error::Internal(
+            format!(
+                "registered {} of {} event types: no free id left",
+                inserted.len(),
+                admitted.len()
+            )
+            .into(),
+        ));
+    }
+    Ok(inserted)
 }
 
 /// Ids of the batch's event types. Every type was registered by
@@ -449,6 +531,31 @@ async fn resolve_values<'a>(
     dimension: i16,
     values: impl Iterator<Item = &'a str>,
 ) -> Result<HashMap<&'a str, i32>> {
+    let (mut resolved, mut missing) = cached_values(cache, dimension, values);
+    if missing.is_empty() {
+        return Ok(resolved);
+    }
+    missing.sort_unstable();
+    missing.dedup();
+    let found = register_values(conn, dimension, &missing).await?;
+    cache.remember_values(dimension, &found);
+    let by_value: HashMap<&str, i32> = found.iter().map(|(id, v)| (v.as_str(), *id)).collect();
+    for value in missing {
+        let id = by_value.get(value).copied().ok_or_else(|| {
+            Error::Internal("a dimension value vanished while being registered".into())
+        })?;
+        resolved.insert(value, id);
+    }
+    Ok(resolved)
+}
+
+/// Splits `values` into those `cache` knows, with their ids, and the
+/// others (in order of first sight).
+fn cached_values<'a>(
+    cache: &IdCache,
+    dimension: i16,
+    values: impl Iterator<Item = &'a str>,
+) -> (HashMap<&'a str, i32>, Vec<&'a str>) {
     let mut resolved: HashMap<&str, i32> = HashMap::new();
     let mut missing: Vec<&str> = Vec::new();
     for value in values {
@@ -462,11 +569,16 @@ async fn resolve_values<'a>(
             None => missing.push(value),
         }
     }
-    if missing.is_empty() {
-        return Ok(resolved);
-    }
-    missing.sort_unstable();
-    missing.dedup();
+    (resolved, missing)
+}
+
+/// Inserts the sorted, distinct `missing` values of a dimension that are
+/// not yet stored, then reads back the ids of all of them.
+async fn register_values(
+    conn: &mut AsyncPgConnection,
+    dimension: i16,
+    missing: &[&str],
+) -> Result<Vec<(i32, String)>> {
     #[derive(QueryableByName)]
     struct Found {
         #[diesel(sql_type = Int4)]
@@ -482,14 +594,14 @@ async fn resolve_values<'a>(
          ON CONFLICT (dimension, value) DO NOTHING",
     )
     .bind::<Int2, _>(dimension)
-    .bind::<Array<Text>, _>(&missing)
+    .bind::<Array<Text>, _>(missing)
     .execute(conn)
     .await?;
     let found: Vec<Found> = diesel::sql_query(
         "SELECT value_id, value FROM dimension_values WHERE dimension = $1 AND value = ANY($2)",
     )
     .bind::<Int2, _>(dimension)
-    .bind::<Array<Text>, _>(&missing)
+    .bind::<Array<Text>, _>(missing)
     .load(conn)
     .await?;
     if found.len() != missing.len() {
@@ -497,16 +609,7 @@ async fn resolve_values<'a>(
             "a dimension value vanished while being registered".into(),
         ));
     }
-    let found: Vec<(i32, String)> = found.into_iter().map(|f| (f.value_id, f.value)).collect();
-    cache.remember_values(dimension, &found);
-    let by_value: HashMap<&str, i32> = found.iter().map(|(id, v)| (v.as_str(), *id)).collect();
-    for value in missing {
-        let id = by_value.get(value).copied().ok_or_else(|| {
-            Error::Internal("a dimension value vanished while being registered".into())
-        })?;
-        resolved.insert(value, id);
-    }
-    Ok(resolved)
+    Ok(found.into_iter().map(|f| (f.value_id, f.value)).collect())
 }
 
 /// Surrogate keys of the batch's users, registering unknown ones.

@@ -62,8 +62,18 @@ macro_rules! revenue_text {
 /// lookup a nested loop: a join here was once planned as a hash join over
 /// every pageview), and for every event only where the dimension needs it.
 fn edge_template(sets: bool, dimension: usize) -> &'static str {
-    match (sets, dimension) {
-        (false, 0) => concat!(
+    if sets {
+        set_edge_template(dimension)
+    } else {
+        count_edge_template(dimension)
+    }
+}
+
+/// [`edge_template`] of counts: events, and for purchases quantity and
+/// revenue, per (value, type).
+fn count_edge_template(dimension: usize) -> &'static str {
+    match dimension {
+        0 => concat!(
             r#"SELECT 1 AS part, {t} AS t, 0 AS value_id, e.event_type_id AS type_id, count(*)::int8 AS n,
                       0::int8 AS quantity, NULL::text AS revenue
                FROM events e WHERE {range} AND e.event_type_id <> $13{gate} GROUP BY {by}e.event_type_id
@@ -75,16 +85,16 @@ fn edge_template(sets: bool, dimension: usize) -> &'static str {
                CROSS JOIN LATERAL (SELECT x.quantity, x.amount FROM purchases x WHERE x.event_id = e.event_id LIMIT 1) p
                WHERE {range} AND e.event_type_id = $13{gate} GROUP BY {by}e.event_type_id"#
         ),
-        (false, 1) => {
-            r"SELECT 1, {t}, v.value_id, e.event_type_id, count(*)::int8, 0::int8, NULL::text
+        1 => {
+            r#"SELECT 1, {t}, v.value_id, e.event_type_id, count(*)::int8, 0::int8, NULL::text
                FROM events e
                CROSS JOIN LATERAL (SELECT d.value_id FROM pageviews p
                                    JOIN dimension_values d ON d.dimension = 1 AND d.value = p.page_url
                                    WHERE p.event_id = e.event_id LIMIT 1) v
                WHERE {range} AND e.event_type_id = $12{gate} AND ($2::int4 IS NULL OR v.value_id = $2)
-               GROUP BY {by}v.value_id, e.event_type_id"
+               GROUP BY {by}v.value_id, e.event_type_id"#
         }
-        (false, _) => concat!(
+        _ => concat!(
             r#"SELECT 1, {t}, v.value_id, e.event_type_id, count(*)::int8, sum(v.quantity)::int8, "#,
             revenue_text!("sum(v.amount)"),
             r#"
@@ -95,30 +105,36 @@ fn edge_template(sets: bool, dimension: usize) -> &'static str {
                WHERE {range} AND e.event_type_id = $13{gate} AND ($2::int4 IS NULL OR v.value_id = $2)
                GROUP BY {by}v.value_id, e.event_type_id"#
         ),
-        (true, 0) => {
-            r"SELECT 1, {t}, 0, e.event_type_id, e.user_id, NULL::int8, NULL::text
+    }
+}
+
+/// [`edge_template`] of user sets: one row per (value, type, user).
+fn set_edge_template(dimension: usize) -> &'static str {
+    match dimension {
+        0 => {
+            r#"SELECT 1, {t}, 0, e.event_type_id, e.user_id, NULL::int8, NULL::text
                FROM events e WHERE {range} AND e.user_id IS NOT NULL{gate}
-               GROUP BY {by}e.event_type_id, e.user_id"
+               GROUP BY {by}e.event_type_id, e.user_id"#
         }
-        (true, 1) => {
-            r"SELECT 1, {t}, v.value_id, e.event_type_id, e.user_id, NULL::int8, NULL::text
+        1 => {
+            r#"SELECT 1, {t}, v.value_id, e.event_type_id, e.user_id, NULL::int8, NULL::text
                FROM events e
                CROSS JOIN LATERAL (SELECT d.value_id FROM pageviews p
                                    JOIN dimension_values d ON d.dimension = 1 AND d.value = p.page_url
                                    WHERE p.event_id = e.event_id LIMIT 1) v
                WHERE {range} AND e.event_type_id = $12 AND e.user_id IS NOT NULL{gate}
                  AND ($2::int4 IS NULL OR v.value_id = $2)
-               GROUP BY {by}v.value_id, e.event_type_id, e.user_id"
+               GROUP BY {by}v.value_id, e.event_type_id, e.user_id"#
         }
-        (true, _) => {
-            r"SELECT 1, {t}, v.value_id, e.event_type_id, e.user_id, NULL::int8, NULL::text
+        _ => {
+            r#"SELECT 1, {t}, v.value_id, e.event_type_id, e.user_id, NULL::int8, NULL::text
                FROM events e
                CROSS JOIN LATERAL (SELECT d.value_id FROM purchases p
                                    JOIN dimension_values d ON d.dimension = 2 AND d.value = p.product_id
                                    WHERE p.event_id = e.event_id LIMIT 1) v
                WHERE {range} AND e.event_type_id = $13 AND e.user_id IS NOT NULL{gate}
                  AND ($2::int4 IS NULL OR v.value_id = $2)
-               GROUP BY {by}v.value_id, e.event_type_id, e.user_id"
+               GROUP BY {by}v.value_id, e.event_type_id, e.user_id"#
         }
     }
 }
@@ -344,11 +360,45 @@ fn parse_revenue(text: Option<&str>) -> Result<i128> {
     }
 }
 
+/// The statement of `r`'s kind (counts or sets) and dimension in `table`
+/// ([`LIVE`] or [`RAW_MINUTES`]).
+fn statement_for<'a>(table: &'a [[String; 3]; 2], r: &LiveRequest) -> Result<&'a str> {
+    table[usize::from(r.sets)]
+        .get(r.dimension as usize)
+        .map(String::as_str)
+        .ok_or_else(|| Error::Internal(format!("no rollup dimension {}", r.dimension).into()))
+}
+
+/// The sales of a row from its `quantity` and `revenue` columns.
+fn sales_of(quantity: Option<i64>, revenue: Option<&str>) -> Result<Sales> {
+    Ok(Sales {
+        quantity: quantity.unwrap_or(0),
+        revenue: parse_revenue(revenue)?,
+    })
+}
+
+/// An empty bucket of counts or of user sets.
+fn empty_bucket(sets: bool) -> Bucket {
+    if sets {
+        Bucket::Sets(Vec::new())
+    } else {
+        Bucket::Counts(CountRows::default())
+    }
+}
+
+/// Appends a row to `counts`. `sales` stays empty until a row carries
+/// some; from then on it has one entry per row.
+fn push_count(counts: &mut CountRows, row: CountRow, sales: Sales) {
+    if sales != Sales::default() || !counts.sales.is_empty() {
+        counts.sales.resize(counts.rows.len(), Sales::default());
+        counts.sales.push(sales);
+    }
+    counts.rows.push(row);
+}
+
 /// Reads the live part of a rollup answer (see the module docs).
 pub async fn read_live(conn: &mut AsyncPgConnection, r: &LiveRequest) -> Result<Live> {
-    let sql = LIVE[usize::from(r.sets)]
-        .get(r.dimension as usize)
-        .ok_or_else(|| Error::Internal(format!("no rollup dimension {}", r.dimension).into()))?;
+    let sql = statement_for(&LIVE, r)?;
     let rows: Vec<LiveSqlRow> = Sql::new(sql)
         .bind::<Int2, _>(r.dimension)
         .bind::<Nullable<Int4>, _>(r.value)
@@ -365,42 +415,29 @@ pub async fn read_live(conn: &mut AsyncPgConnection, r: &LiveRequest) -> Result<
         .bind::<Int2, _>(r.purchase_type)
         .load(conn)
         .await?;
+    live_from_rows(rows)
+}
+
+/// Sorts the rows of the live statement into a [`Live`] by their part
+/// (see [`live_sql`]).
+fn live_from_rows(rows: Vec<LiveSqlRow>) -> Result<Live> {
     let mut live = Live::default();
     let mut generation = None;
     for row in rows {
         match row.part {
             0 | 1 => {
-                let (Some(t), Some(value_id), Some(type_id), Some(n)) =
-                    (row.t, row.value_id, row.type_id, row.n)
-                else {
-                    continue;
-                };
-                live.rows.push(LiveRow {
-                    delta: row.part == 0,
-                    t,
-                    value_id,
-                    type_id,
-                    n,
-                    sales: Sales {
-                        quantity: row.quantity.unwrap_or(0),
-                        revenue: parse_revenue(row.revenue.as_deref())?,
-                    },
-                });
+                if let Some(row) = live_row(&row)? {
+                    live.rows.push(row);
+                }
             }
             2 => {
                 generation = row.n;
                 live.horizon = row.t;
             }
             3 => {
-                let (Some(g), Some(kind)) = (row.n, row.type_id) else {
-                    continue;
-                };
-                let touch = match (kind, row.t) {
-                    (0, Some(t)) => Touch::Minute(t.timestamp()),
-                    (1, Some(t)) => Touch::Hour(t.timestamp()),
-                    _ => Touch::Everything,
-                };
-                live.log.rows.push((g, touch));
+                if let Some(entry) = fold_log_entry(&row) {
+                    live.log.rows.push(entry);
+                }
             }
             4 => live.log.oldest = row.n,
             _ => live.extend = row.n == Some(1),
@@ -411,6 +448,38 @@ pub async fn read_live(conn: &mut AsyncPgConnection, r: &LiveRequest) -> Result<
     Ok(live)
 }
 
+/// A pending delta (part 0) or edge (part 1) row; `None` if a field is
+/// missing.
+fn live_row(row: &LiveSqlRow) -> Result<Option<LiveRow>> {
+    let (Some(t), Some(value_id), Some(type_id), Some(n)) =
+        (row.t, row.value_id, row.type_id, row.n)
+    else {
+        return Ok(None);
+    };
+    Ok(Some(LiveRow {
+        delta: row.part == 0,
+        t,
+        value_id,
+        type_id,
+        n,
+        sales: sales_of(row.quantity, row.revenue.as_deref())?,
+    }))
+}
+
+/// A fold log row (part 3): its generation and what the fold touched
+/// (`type_id` 0 a minute, 1 an hour, else everything).
+fn fold_log_entry(row: &LiveSqlRow) -> Option<(i64, Touch)> {
+    let (Some(g), Some(kind)) = (row.n, row.type_id) else {
+        return None;
+    };
+    let touch = match (kind, row.t) {
+        (0, Some(t)) => Touch::Minute(t.timestamp()),
+        (1, Some(t)) => Touch::Hour(t.timestamp()),
+        _ => Touch::Everything,
+    };
+    Some((g, touch))
+}
+
 /// Whole minutes `[from, to)` of a dimension read from raw events, one
 /// bucket per minute that holds any (see [`raw_minutes_sql`]).
 pub async fn read_raw_minutes(
@@ -419,9 +488,7 @@ pub async fn read_raw_minutes(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<((i32, i64), Bucket)>> {
-    let sql = RAW_MINUTES[usize::from(r.sets)]
-        .get(r.dimension as usize)
-        .ok_or_else(|| Error::Internal(format!("no rollup dimension {}", r.dimension).into()))?;
+    let sql = statement_for(&RAW_MINUTES, r)?;
     let rows: Vec<LiveSqlRow> = Sql::new(sql)
         .bind::<Int2, _>(r.dimension)
         .bind::<Nullable<Int4>, _>(r.value)
@@ -438,65 +505,85 @@ pub async fn read_raw_minutes(
         .bind::<Int2, _>(r.purchase_type)
         .load(conn)
         .await?;
-    let mut out: Vec<((i32, i64), Bucket)> = Vec::new();
-    let mut bucket_at: HashMap<i64, usize> = HashMap::new();
-    let mut users: HashMap<(i64, i32, i16), RoaringTreemap> = HashMap::new();
+    let mut minutes = MinuteBuckets::new(r.sets);
     for row in rows {
+        minutes.add(row)?;
+    }
+    Ok(minutes.finish())
+}
+
+/// The rows of [`read_raw_minutes`] gathered into one bucket per minute.
+struct MinuteBuckets {
+    sets: bool,
+    out: Vec<((i32, i64), Bucket)>,
+    /// Index in `out` of each minute's bucket.
+    bucket_at: HashMap<i64, usize>,
+    /// Users per (minute, value, type): rows come one user each, and a set
+    /// enters its bucket whole in [`MinuteBuckets::finish`].
+    users: HashMap<(i64, i32, i16), RoaringTreemap>,
+}
+
+impl MinuteBuckets {
+    /// No bucket yet, of counts or of user sets.
+    fn new(sets: bool) -> Self {
+        Self {
+            sets,
+            out: Vec::new(),
+            bucket_at: HashMap::new(),
+            users: HashMap::new(),
+        }
+    }
+
+    /// Adds one row to its minute's bucket; a row missing a field is
+    /// skipped.
+    fn add(&mut self, row: LiveSqlRow) -> Result<()> {
         let (Some(t), Some(value_id), Some(type_id), Some(n)) =
             (row.t, row.value_id, row.type_id, row.n)
         else {
-            continue;
+            return Ok(());
         };
         let minute = t.timestamp();
-        let at = *bucket_at.entry(minute).or_insert_with(|| {
-            out.push((
-                (60, minute),
-                if r.sets {
-                    Bucket::Sets(Vec::new())
-                } else {
-                    Bucket::Counts(CountRows::default())
-                },
-            ));
-            out.len() - 1
+        let at = *self.bucket_at.entry(minute).or_insert_with(|| {
+            self.out.push(((60, minute), empty_bucket(self.sets)));
+            self.out.len() - 1
         });
-        match &mut out[at].1 {
+        match &mut self.out[at].1 {
             Bucket::Sets(_) => {
                 if let Ok(user) = u64::try_from(n) {
-                    users
+                    self.users
                         .entry((minute, value_id, type_id))
                         .or_default()
                         .insert(user);
                 }
             }
             Bucket::Counts(counts) => {
-                let sales = Sales {
-                    quantity: row.quantity.unwrap_or(0),
-                    revenue: parse_revenue(row.revenue.as_deref())?,
-                };
-                if sales != Sales::default() || !counts.sales.is_empty() {
-                    counts.sales.resize(counts.rows.len(), Sales::default());
-                    counts.sales.push(sales);
-                }
-                counts.rows.push(CountRow {
+                let sales = sales_of(row.quantity, row.revenue.as_deref())?;
+                let row = CountRow {
                     events: n,
                     value_id,
                     type_id,
+                };
+                push_count(counts, row, sales);
+            }
+        }
+        Ok(())
+    }
+
+    /// The buckets, with the user sets put into theirs.
+    fn finish(mut self) -> Vec<((i32, i64), Bucket)> {
+        for ((minute, value_id, type_id), set) in self.users {
+            if let Some(&at) = self.bucket_at.get(&minute)
+                && let Bucket::Sets(sets) = &mut self.out[at].1
+            {
+                sets.push(SetRow {
+                    value_id,
+                    type_id,
+                    users: UserSet::from_bitmap(set),
                 });
             }
         }
+        self.out
     }
-    for ((minute, value_id, type_id), set) in users {
-        if let Some(&at) = bucket_at.get(&minute)
-            && let Bucket::Sets(sets) = &mut out[at].1
-        {
-            sets.push(SetRow {
-                value_id,
-                type_id,
-                users: UserSet::from_bitmap(set),
-            });
-        }
-    }
-    Ok(out)
 }
 
 /// What [`read_buckets`] reads: runs of buckets of one resolution.
@@ -539,10 +626,36 @@ pub async fn read_buckets(
     conn: &mut AsyncPgConnection,
     r: &BucketRequest,
 ) -> Result<(i64, Vec<((i32, i64), Bucket)>)> {
+    let rows: Vec<BucketSqlRow> = bucket_query(r).load(conn).await?;
+    let mut generation = None;
+    let mut out: Vec<((i32, i64), Bucket)> = Vec::new();
+    for row in rows {
+        let (Some(res), Some(t), Some(value_id), Some(type_id)) =
+            (row.res, row.t, row.value_id, row.type_id)
+        else {
+            generation = row.n;
+            continue;
+        };
+        let key = (res, t.timestamp());
+        if out.last().is_none_or(|(k, _)| *k != key) {
+            out.push((key, empty_bucket(r.sets)));
+        }
+        let Some((_, bucket)) = out.last_mut() else {
+            continue;
+        };
+        add_bucket_row(bucket, row, value_id, type_id)?;
+    }
+    let generation = generation.ok_or_else(|| Error::Internal("rollup_state has no row".into()))?;
+    Ok((generation, merge_runs(out)))
+}
+
+/// The statement of `r` with its binds: [`BUCKET_SETS`],
+/// [`BUCKET_COUNTS_OF_VALUE`] or [`BUCKET_COUNTS`].
+fn bucket_query(r: &BucketRequest) -> Sql<'static> {
     let res: Vec<i32> = r.runs.iter().map(|x| x.0).collect();
     let from: Vec<DateTime<Utc>> = r.runs.iter().map(|x| x.1).collect();
     let to: Vec<DateTime<Utc>> = r.runs.iter().map(|x| x.2).collect();
-    let query = if r.sets {
+    if r.sets {
         Sql::new(BUCKET_SETS)
             .bind::<Array<Int4>, _>(res)
             .bind::<Array<Timestamptz>, _>(from)
@@ -568,63 +681,45 @@ pub async fn read_buckets(
             Some(v) => q.bind::<Int4, _>(v),
             None => q,
         }
-    };
-    let rows: Vec<BucketSqlRow> = query.load(conn).await?;
-    let mut generation = None;
-    let mut out: Vec<((i32, i64), Bucket)> = Vec::new();
-    for row in rows {
-        let (Some(res), Some(t), Some(value_id), Some(type_id)) =
-            (row.res, row.t, row.value_id, row.type_id)
-        else {
-            generation = row.n;
-            continue;
-        };
-        let key = (res, t.timestamp());
-        if out.last().is_none_or(|(k, _)| *k != key) {
-            out.push((
-                key,
-                if r.sets {
-                    Bucket::Sets(Vec::new())
-                } else {
-                    Bucket::Counts(CountRows::default())
-                },
-            ));
+    }
+}
+
+/// Adds one rollup row (of `value_id`, `type_id`) to its bucket: a user
+/// set, or a count with its sales.
+fn add_bucket_row(
+    bucket: &mut Bucket,
+    row: BucketSqlRow,
+    value_id: i32,
+    type_id: i16,
+) -> Result<()> {
+    match bucket {
+        Bucket::Sets(sets) => {
+            let blob = row.users.unwrap_or_default();
+            let users = RoaringTreemap::deserialize_from(&blob[..])
+                .map_err(|e| Error::internal("corrupt user set", e))?;
+            sets.push(SetRow {
+                value_id,
+                type_id,
+                users: UserSet::from_bitmap(users),
+            });
         }
-        let Some((_, bucket)) = out.last_mut() else {
-            continue;
-        };
-        match bucket {
-            Bucket::Sets(sets) => {
-                let blob = row.users.unwrap_or_default();
-                let users = RoaringTreemap::deserialize_from(&blob[..])
-                    .map_err(|e| Error::internal("corrupt user set", e))?;
-                sets.push(SetRow {
-                    value_id,
-                    type_id,
-                    users: UserSet::from_bitmap(users),
-                });
-            }
-            Bucket::Counts(counts) => {
-                let sales = Sales {
-                    quantity: row.quantity.unwrap_or(0),
-                    revenue: parse_revenue(row.revenue.as_deref())?,
-                };
-                // `sales` stays empty until a row carries some; from then
-                // on it has one entry per row.
-                if sales != Sales::default() || !counts.sales.is_empty() {
-                    counts.sales.resize(counts.rows.len(), Sales::default());
-                    counts.sales.push(sales);
-                }
-                counts.rows.push(CountRow {
-                    events: row.n.unwrap_or(0),
-                    value_id,
-                    type_id,
-                });
-            }
+        Bucket::Counts(counts) => {
+            let sales = sales_of(row.quantity, row.revenue.as_deref())?;
+            let row = CountRow {
+                events: row.n.unwrap_or(0),
+                value_id,
+                type_id,
+            };
+            push_count(counts, row, sales);
         }
     }
-    // Rows of one bucket arrive together only if the plan keeps them so;
-    // merge any bucket that came in several runs of rows.
+    Ok(())
+}
+
+/// Sorts buckets by key and merges those of one key. Rows of one bucket
+/// arrive together only if the plan keeps them so; a bucket may come in
+/// several runs of rows.
+fn merge_runs(mut out: Vec<((i32, i64), Bucket)>) -> Vec<((i32, i64), Bucket)> {
     out.sort_by_key(|(k, _)| *k);
     let mut merged: Vec<((i32, i64), Bucket)> = Vec::with_capacity(out.len());
     for (key, bucket) in out {
@@ -633,8 +728,7 @@ pub async fn read_buckets(
             _ => merged.push((key, bucket)),
         }
     }
-    let generation = generation.ok_or_else(|| Error::Internal("rollup_state has no row".into()))?;
-    Ok((generation, merged))
+    merged
 }
 
 fn append(into: &mut Bucket, from: Bucket) {
@@ -952,7 +1046,7 @@ pub fn type_ids(
 #[cfg(test)]
 mod print_sql {
     #[test]
-    #[ignore = "prints the live-part SQL for reading; run by hand"]
+    #[ignore]
     fn print_live_sql() {
         println!("{}", super::LIVE[0][0]);
         println!("-- raw");
