@@ -32,9 +32,9 @@ use crate::grpc::proto::query_service_server::QueryServiceServer;
 use crate::grpc::{alerts::AlertApi, auth::AuthLayer, observe::ObserveLayer, proto};
 use crate::http::protect::AllowedHosts;
 use crate::http::{self, HttpState};
-use crate::limits::KeyLimits;
 use crate::listen::{self, TrackLayer, Tracker};
 use crate::query::{Engine, Queries};
+use crate::quota::Quotas;
 use crate::supervise::Tasks;
 use crate::telemetry::Telemetry;
 use crate::tls::TlsFiles;
@@ -231,7 +231,7 @@ impl App {
 struct Services {
     /// GetMetrics and the dashboard's JSON API answer through this one value.
     queries: Queries,
-    key_limits: Arc<KeyLimits>,
+    quotas: Arc<Quotas>,
     ingest: Arc<IngestState>,
 }
 
@@ -359,8 +359,7 @@ impl Core {
         )
         .with_reads(reads)
         .with_budget(settings.database.query_timeout);
-        let key_limits =
-            KeyLimits::new(settings.key_limits.clone(), settings.database.query_timeout);
+        let quotas = Quotas::new(settings.quotas.clone(), settings.database.query_timeout);
         let retention_days = settings.maintenance.retention_days;
         let ingest = Arc::new(IngestState {
             pool: self.pools.ingest.clone(),
@@ -370,12 +369,12 @@ impl Core {
             write_lsn,
             retention: (retention_days > 0)
                 .then(|| chrono::TimeDelta::days(i64::from(retention_days))),
-            key_limits: key_limits.clone(),
+            quotas: quotas.clone(),
             keys: self.keys.clone(),
         });
         Services {
             queries,
-            key_limits,
+            quotas,
             ingest,
         }
     }
@@ -418,10 +417,7 @@ impl Core {
             .layer(ObserveLayer::new(self.metrics.clone()))
             .layer(DecodeErrorsLayer)
             .layer(DeadlineLayer)
-            .layer(AuthLayer::new(
-                self.keys.clone(),
-                services.key_limits.clone(),
-            ))
+            .layer(AuthLayer::new(self.keys.clone(), services.quotas.clone()))
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -471,7 +467,7 @@ impl Core {
             ],
             query: services.queries,
             keys: self.keys.clone(),
-            key_limits: services.key_limits,
+            quotas: services.quotas,
             hosts,
             dashboard: Arc::new(self.settings.dashboard.clone()),
         });

@@ -154,7 +154,7 @@ fn parse_max_event_types(text: &str) -> Result<usize, String> {
 /// without a key (no key exists, loopback only) are not limited.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Per-API-key limits")]
-pub struct KeyLimitSettings {
+pub struct QuotaSettings {
     /// Ingest events per second per key (RESOURCE_EXHAUSTED with a retry hint above it).
     #[arg(
         long = "key-events-per-second",
@@ -368,7 +368,7 @@ pub struct ServeSettings {
     pub limits: IngestLimits,
 
     #[command(flatten)]
-    pub key_limits: KeyLimitSettings,
+    pub quotas: QuotaSettings,
 
     #[command(flatten)]
     pub tls: TlsSettings,
@@ -499,7 +499,7 @@ mod tests {
         assert_eq!(s.grpc_addr.port(), 0);
         assert_eq!(s.database.query_timeout, Duration::from_secs(2));
         assert_eq!(s.limits.max_message_bytes, 4 * 1024 * 1024);
-        assert_eq!(s.key_limits.max_concurrent_queries, 4);
+        assert_eq!(s.quotas.max_concurrent_queries, 4);
         assert_eq!(s.connections.idle_timeout, Duration::from_secs(120));
         assert_eq!(s.maintenance.retention_days, 0);
         assert_eq!(s.dashboard.currency, "USD");

@@ -34,7 +34,7 @@ use std::fmt;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
-use crate::limits::Exceeded;
+use crate::quota::Exceeded;
 
 /// A boxed cause, kept for the log.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

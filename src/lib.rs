@@ -22,7 +22,7 @@
 //!   VACUUM); [`supervise`] stops the process when one of them ends early.
 //! * [`alerts`] runs alerting inside `serve`: the evaluator (one instance
 //!   at a time) and the hub that streams notifications to subscribers.
-//! * [`auth`] is API-key authentication and [`limits`] the per-key rate
+//! * [`auth`] is API-key authentication and [`quota`] the per-key rate
 //!   and stream limits, shared by both transports.
 //! * [`tls`] reads and checks the optional TLS certificate and key;
 //!   [`listen`] caps each listener's connections and closes those that
@@ -50,10 +50,10 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod jobs;
-pub mod limits;
 pub mod listen;
 pub mod loadgen;
 pub mod query;
+pub mod quota;
 pub mod redact;
 pub mod supervise;
 pub mod telemetry;

@@ -86,13 +86,13 @@ fn count_edge_template(dimension: usize) -> &'static str {
                WHERE {range} AND e.event_type_id = $13{gate} GROUP BY {by}e.event_type_id"#
         ),
         1 => {
-            r#"SELECT 1, {t}, v.value_id, e.event_type_id, count(*)::int8, 0::int8, NULL::text
+            r"SELECT 1, {t}, v.value_id, e.event_type_id, count(*)::int8, 0::int8, NULL::text
                FROM events e
                CROSS JOIN LATERAL (SELECT d.value_id FROM pageviews p
                                    JOIN dimension_values d ON d.dimension = 1 AND d.value = p.page_url
                                    WHERE p.event_id = e.event_id LIMIT 1) v
                WHERE {range} AND e.event_type_id = $12{gate} AND ($2::int4 IS NULL OR v.value_id = $2)
-               GROUP BY {by}v.value_id, e.event_type_id"#
+               GROUP BY {by}v.value_id, e.event_type_id"
         }
         _ => concat!(
             r#"SELECT 1, {t}, v.value_id, e.event_type_id, count(*)::int8, sum(v.quantity)::int8, "#,
@@ -112,29 +112,29 @@ fn count_edge_template(dimension: usize) -> &'static str {
 fn set_edge_template(dimension: usize) -> &'static str {
     match dimension {
         0 => {
-            r#"SELECT 1, {t}, 0, e.event_type_id, e.user_id, NULL::int8, NULL::text
+            r"SELECT 1, {t}, 0, e.event_type_id, e.user_id, NULL::int8, NULL::text
                FROM events e WHERE {range} AND e.user_id IS NOT NULL{gate}
-               GROUP BY {by}e.event_type_id, e.user_id"#
+               GROUP BY {by}e.event_type_id, e.user_id"
         }
         1 => {
-            r#"SELECT 1, {t}, v.value_id, e.event_type_id, e.user_id, NULL::int8, NULL::text
+            r"SELECT 1, {t}, v.value_id, e.event_type_id, e.user_id, NULL::int8, NULL::text
                FROM events e
                CROSS JOIN LATERAL (SELECT d.value_id FROM pageviews p
                                    JOIN dimension_values d ON d.dimension = 1 AND d.value = p.page_url
                                    WHERE p.event_id = e.event_id LIMIT 1) v
                WHERE {range} AND e.event_type_id = $12 AND e.user_id IS NOT NULL{gate}
                  AND ($2::int4 IS NULL OR v.value_id = $2)
-               GROUP BY {by}v.value_id, e.event_type_id, e.user_id"#
+               GROUP BY {by}v.value_id, e.event_type_id, e.user_id"
         }
         _ => {
-            r#"SELECT 1, {t}, v.value_id, e.event_type_id, e.user_id, NULL::int8, NULL::text
+            r"SELECT 1, {t}, v.value_id, e.event_type_id, e.user_id, NULL::int8, NULL::text
                FROM events e
                CROSS JOIN LATERAL (SELECT d.value_id FROM purchases p
                                    JOIN dimension_values d ON d.dimension = 2 AND d.value = p.product_id
                                    WHERE p.event_id = e.event_id LIMIT 1) v
                WHERE {range} AND e.event_type_id = $13 AND e.user_id IS NOT NULL{gate}
                  AND ($2::int4 IS NULL OR v.value_id = $2)
-               GROUP BY {by}v.value_id, e.event_type_id, e.user_id"#
+               GROUP BY {by}v.value_id, e.event_type_id, e.user_id"
         }
     }
 }
@@ -1046,7 +1046,7 @@ pub fn type_ids(
 #[cfg(test)]
 mod print_sql {
     #[test]
-    #[ignore]
+    #[ignore = "prints the live-part SQL for reading; run by hand"]
     fn print_live_sql() {
         println!("{}", super::LIVE[0][0]);
         println!("-- raw");

@@ -9,8 +9,8 @@
 //! (`UNAUTHENTICATED` or `PERMISSION_DENIED`) without touching the service;
 //! an accepted one carries its [`Caller`] in the request extensions.
 //! `QueryService` calls with a key also take one query from the key's
-//! rate budget here ([`KeyLimits::take_query`]) and one of its concurrent
-//! query slots ([`KeyLimits::start_query`]) until the answer is ready;
+//! rate budget here ([`Quotas::take_query`]) and one of its concurrent
+//! query slots ([`Quotas::start_query`]) until the answer is ready;
 //! ingest limits are metered
 //! in the ingest handler, which knows how many events a message holds.
 //!
@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use crate::auth::{Caller, KeySet, revoked_status};
 use crate::domain::key::Scope;
-use crate::limits::KeyLimits;
+use crate::quota::Quotas;
 
 /// The scope a gRPC path needs; `None` for the open services.
 pub fn required_scope(path: &str) -> Option<Scope> {
@@ -50,11 +50,11 @@ pub fn required_scope(path: &str) -> Option<Scope> {
 #[derive(Clone)]
 pub struct AuthLayer {
     keys: Arc<KeySet>,
-    limits: Arc<KeyLimits>,
+    limits: Arc<Quotas>,
 }
 
 impl AuthLayer {
-    pub fn new(keys: Arc<KeySet>, limits: Arc<KeyLimits>) -> Self {
+    pub fn new(keys: Arc<KeySet>, limits: Arc<Quotas>) -> Self {
         Self { keys, limits }
     }
 }
@@ -76,7 +76,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     keys: Arc<KeySet>,
-    limits: Arc<KeyLimits>,
+    limits: Arc<Quotas>,
 }
 
 /// A call let through: the inner future, holding the caller's query slot

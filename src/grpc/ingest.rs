@@ -34,7 +34,7 @@ use crate::db::{PgPool, connection};
 use crate::domain::event::{Clock, EventLimits, RawEvent, Rejection, ValidEvent, validate};
 use crate::domain::user::validate_user;
 use crate::error::Error;
-use crate::limits::KeyLimits;
+use crate::quota::Quotas;
 use crate::telemetry::Telemetry;
 
 /// Most events the writer coalesces into one statement.
@@ -59,7 +59,7 @@ pub struct IngestState {
     /// rejected, since their raw rows (and so their dedup) may be gone.
     pub retention: Option<chrono::TimeDelta>,
     /// Per-key events/s and concurrent stream limits.
-    pub key_limits: Arc<KeyLimits>,
+    pub quotas: Arc<Quotas>,
     /// The API keys, watched so that a revoked key's streams end.
     pub keys: Arc<KeySet>,
 }
@@ -275,7 +275,7 @@ impl IngestApi {
         }
         if let Some(caller) = caller {
             self.state
-                .key_limits
+                .quotas
                 .take_events(caller.key_id, message.events.len() as u64)
                 .map_err(Error::from)?;
         }
@@ -387,7 +387,7 @@ impl IngestService for IngestApi {
         // Set by the auth layer when the call came with a key.
         let caller = request.extensions().get::<Caller>().copied();
         let _stream_slot = caller
-            .map(|c| state.key_limits.open_stream(c.key_id))
+            .map(|c| state.quotas.open_stream(c.key_id))
             .transpose()
             .map_err(Error::from)?;
         let _in_flight = InFlight::new(state.metrics.clone());
@@ -480,7 +480,7 @@ impl IngestService for IngestApi {
         // key's events/s budget before any work is done.
         if let Some(caller) = caller {
             self.state
-                .key_limits
+                .quotas
                 .take_events(caller.key_id, users.len() as u64)
                 .map_err(Error::from)?;
         }

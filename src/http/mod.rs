@@ -26,8 +26,8 @@ use crate::auth::KeySet;
 use crate::config::DashboardSettings;
 use crate::db::{PgPool, PoolRole};
 use crate::domain::key::Scope;
-use crate::limits::{KeyLimits, QuerySlot};
 use crate::query::Queries;
+use crate::quota::{QuerySlot, Quotas};
 use crate::telemetry::{HttpLabels, Telemetry};
 
 /// What HTTP handlers share.
@@ -43,7 +43,7 @@ pub struct HttpState {
     /// The API keys; `/api/v1/*` needs scope `query`.
     pub keys: Arc<KeySet>,
     /// Every `/api/v1` request with a key takes one query of its budget.
-    pub key_limits: Arc<KeyLimits>,
+    pub quotas: Arc<Quotas>,
     /// The names requests may use besides addresses and `localhost`.
     pub hosts: Arc<protect::AllowedHosts>,
     /// What the page shows besides data (the revenue currency).
@@ -141,8 +141,8 @@ async fn check_query_key(
         .map(http::HeaderValue::as_bytes);
     match state.keys.authorize(header, Scope::Query) {
         Ok(Some(caller)) => {
-            let slot = match state.key_limits.take_query(caller.key_id) {
-                Ok(()) => state.key_limits.start_query(caller.key_id).await,
+            let slot = match state.quotas.take_query(caller.key_id) {
+                Ok(()) => state.quotas.start_query(caller.key_id).await,
                 Err(exceeded) => Err(exceeded),
             };
             slot.map(Some).map_err(|exceeded| {

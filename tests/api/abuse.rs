@@ -49,7 +49,7 @@ async fn queries_over_the_key_rate_are_refused_with_a_retry_hint() {
     let db = TestDatabase::migrated().await;
     let (_, key) = db.create_key(Scope::Query).await;
     let (_, other) = db.create_key(Scope::Query).await;
-    let app = TestApp::spawn_on(db, |s| s.key_limits.queries_per_second = 3).await;
+    let app = TestApp::spawn_on(db, |s| s.quotas.queries_per_second = 3).await;
 
     let mut refused = None;
     for _ in 0..20 {
@@ -111,7 +111,7 @@ async fn ingest_over_the_key_rate_fails_the_stream_with_a_retry_hint() {
     let db = TestDatabase::migrated().await;
     let (_, key) = db.create_key(Scope::Ingest).await;
     let (_, other) = db.create_key(Scope::Ingest).await;
-    let app = TestApp::spawn_on(db, |s| s.key_limits.events_per_second = 10).await;
+    let app = TestApp::spawn_on(db, |s| s.quotas.events_per_second = 10).await;
 
     // 25 events pass (the budget goes into debt), the next message is refused.
     let status = app
@@ -149,7 +149,7 @@ async fn ingest_over_the_key_rate_fails_the_stream_with_a_retry_hint() {
 async fn ingest_streams_per_key_are_bounded() {
     let db = TestDatabase::migrated().await;
     let (_, key) = db.create_key(Scope::Ingest).await;
-    let app = TestApp::spawn_on(db, |s| s.key_limits.max_ingest_streams = 1).await;
+    let app = TestApp::spawn_on(db, |s| s.quotas.max_ingest_streams = 1).await;
 
     // One stream held open by the client.
     let (tx, rx) = tokio::sync::mpsc::channel::<IngestEventsRequest>(1);

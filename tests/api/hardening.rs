@@ -40,7 +40,7 @@ async fn upsert_users_is_paid_from_the_keys_events_per_second() {
     let db = TestDatabase::migrated().await;
     let (_, key) = db.create_key(Scope::Ingest).await;
     let (_, other) = db.create_key(Scope::Ingest).await;
-    let app = TestApp::spawn_on(db, |s| s.key_limits.events_per_second = 1_000).await;
+    let app = TestApp::spawn_on(db, |s| s.quotas.events_per_second = 1_000).await;
 
     // The first request may go into debt (no request is too big to pass),
     // the next one waits for the debt to be paid.

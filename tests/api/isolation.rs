@@ -65,9 +65,9 @@ async fn a_flood_of_slow_queries_from_one_key_never_starves_ingest() {
         s.database.background_pool_size = 2;
         s.database.pool_timeout = Duration::from_millis(500);
         s.database.query_timeout = QUERY_BUDGET;
-        s.key_limits.max_concurrent_queries = 2;
+        s.quotas.max_concurrent_queries = 2;
         // The rate is not what is tested: 32 threads at full speed.
-        s.key_limits.queries_per_second = 0;
+        s.quotas.queries_per_second = 0;
     })
     .await;
     // Ingest something first, so there is a minute to read.

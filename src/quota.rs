@@ -1,4 +1,5 @@
-//! Per-key abuse limits: ingest events per second (the users of
+//! Per-key quotas (abuse limits; the size limits of a message are
+//! `config::IngestLimits`, the connection caps `listen.rs`): ingest events per second (the users of
 //! `UpsertUsers` count as events), queries per second, concurrent
 //! `IngestEvents` streams and concurrent queries (`GetMetrics`, dashboard
 //! API requests), each per API key (and per instance). The query cap keeps
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-use crate::config::KeyLimitSettings;
+use crate::config::QuotaSettings;
 
 /// What a bucket meters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,8 +58,8 @@ impl Exceeded {
 
 /// The limits of every key, shared by the gRPC layer, the ingest handler
 /// and the dashboard API.
-pub struct KeyLimits {
-    settings: KeyLimitSettings,
+pub struct Quotas {
+    settings: QuotaSettings,
     buckets: Mutex<HashMap<(Uuid, Meter), Bucket>>,
     /// Open IngestEvents streams per key.
     streams: Mutex<HashMap<Uuid, u32>>,
@@ -69,10 +70,10 @@ pub struct KeyLimits {
     query_wait: Duration,
 }
 
-impl KeyLimits {
+impl Quotas {
     /// The limits of `settings`; a query waits at most `query_wait` for a
     /// slot among its key's concurrent queries.
-    pub fn new(settings: KeyLimitSettings, query_wait: Duration) -> Arc<Self> {
+    pub fn new(settings: QuotaSettings, query_wait: Duration) -> Arc<Self> {
         Arc::new(Self {
             settings,
             buckets: Mutex::default(),
@@ -206,7 +207,7 @@ impl KeyLimits {
 
 /// One open stream; closes it on drop however the call ends.
 pub struct StreamGuard {
-    limits: Arc<KeyLimits>,
+    limits: Arc<Quotas>,
     key: Uuid,
 }
 
@@ -229,7 +230,7 @@ impl Drop for StreamGuard {
 /// A running query's slot (none when the key's cap is off); released on
 /// drop however the call ends.
 pub struct QuerySlot {
-    held: Option<(Arc<KeyLimits>, Uuid, OwnedSemaphorePermit)>,
+    held: Option<(Arc<Quotas>, Uuid, OwnedSemaphorePermit)>,
 }
 
 impl Drop for QuerySlot {
@@ -245,9 +246,9 @@ impl Drop for QuerySlot {
 mod tests {
     use super::*;
 
-    fn limits(events: u32, queries: u32, streams: u32) -> Arc<KeyLimits> {
-        KeyLimits::new(
-            KeyLimitSettings {
+    fn limits(events: u32, queries: u32, streams: u32) -> Arc<Quotas> {
+        Quotas::new(
+            QuotaSettings {
                 events_per_second: events,
                 queries_per_second: queries,
                 max_ingest_streams: streams,
