@@ -333,10 +333,10 @@ pub struct Live {
     pub rows: Vec<LiveRow>,
 }
 
+/// The columns every rollup and live read returns: a bucket's time, the
+/// value and type it is for, and its measures.
 #[derive(QueryableByName)]
-struct LiveSqlRow {
-    #[diesel(sql_type = Int4)]
-    part: i32,
+struct Cells {
     #[diesel(sql_type = Nullable<Timestamptz>)]
     t: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<Int4>)]
@@ -349,6 +349,14 @@ struct LiveSqlRow {
     quantity: Option<i64>,
     #[diesel(sql_type = Nullable<Text>)]
     revenue: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct LiveSqlRow {
+    #[diesel(sql_type = Int4)]
+    part: i32,
+    #[diesel(embed)]
+    cells: Cells,
 }
 
 fn parse_revenue(text: Option<&str>) -> Result<i128> {
@@ -431,16 +439,16 @@ fn live_from_rows(rows: Vec<LiveSqlRow>) -> Result<Live> {
                 }
             }
             2 => {
-                generation = row.n;
-                live.horizon = row.t;
+                generation = row.cells.n;
+                live.horizon = row.cells.t;
             }
             3 => {
                 if let Some(entry) = fold_log_entry(&row) {
                     live.log.rows.push(entry);
                 }
             }
-            4 => live.log.oldest = row.n,
-            _ => live.extend = row.n == Some(1),
+            4 => live.log.oldest = row.cells.n,
+            _ => live.extend = row.cells.n == Some(1),
         }
     }
     live.log.generation =
@@ -452,7 +460,7 @@ fn live_from_rows(rows: Vec<LiveSqlRow>) -> Result<Live> {
 /// missing.
 fn live_row(row: &LiveSqlRow) -> Result<Option<LiveRow>> {
     let (Some(t), Some(value_id), Some(type_id), Some(n)) =
-        (row.t, row.value_id, row.type_id, row.n)
+        (row.cells.t, row.cells.value_id, row.cells.type_id, row.cells.n)
     else {
         return Ok(None);
     };
@@ -462,17 +470,17 @@ fn live_row(row: &LiveSqlRow) -> Result<Option<LiveRow>> {
         value_id,
         type_id,
         n,
-        sales: sales_of(row.quantity, row.revenue.as_deref())?,
+        sales: sales_of(row.cells.quantity, row.cells.revenue.as_deref())?,
     }))
 }
 
 /// A fold log row (part 3): its generation and what the fold touched
 /// (`type_id` 0 a minute, 1 an hour, else everything).
 fn fold_log_entry(row: &LiveSqlRow) -> Option<(i64, Touch)> {
-    let (Some(g), Some(kind)) = (row.n, row.type_id) else {
+    let (Some(g), Some(kind)) = (row.cells.n, row.cells.type_id) else {
         return None;
     };
-    let touch = match (kind, row.t) {
+    let touch = match (kind, row.cells.t) {
         (0, Some(t)) => Touch::Minute(t.timestamp()),
         (1, Some(t)) => Touch::Hour(t.timestamp()),
         _ => Touch::Everything,
@@ -538,7 +546,7 @@ impl MinuteBuckets {
     /// skipped.
     fn add(&mut self, row: LiveSqlRow) -> Result<()> {
         let (Some(t), Some(value_id), Some(type_id), Some(n)) =
-            (row.t, row.value_id, row.type_id, row.n)
+            (row.cells.t, row.cells.value_id, row.cells.type_id, row.cells.n)
         else {
             return Ok(());
         };
@@ -557,7 +565,7 @@ impl MinuteBuckets {
                 }
             }
             Bucket::Counts(counts) => {
-                let sales = sales_of(row.quantity, row.revenue.as_deref())?;
+                let sales = sales_of(row.cells.quantity, row.cells.revenue.as_deref())?;
                 let row = CountRow {
                     events: n,
                     value_id,
@@ -603,18 +611,8 @@ pub struct BucketRequest {
 struct BucketSqlRow {
     #[diesel(sql_type = Nullable<Int4>)]
     res: Option<i32>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    t: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Nullable<Int4>)]
-    value_id: Option<i32>,
-    #[diesel(sql_type = Nullable<Int2>)]
-    type_id: Option<i16>,
-    #[diesel(sql_type = Nullable<Int8>)]
-    n: Option<i64>,
-    #[diesel(sql_type = Nullable<Int8>)]
-    quantity: Option<i64>,
-    #[diesel(sql_type = Nullable<Text>)]
-    revenue: Option<String>,
+    #[diesel(embed)]
+    cells: Cells,
     #[diesel(sql_type = Nullable<Bytea>)]
     users: Option<Vec<u8>>,
 }
@@ -631,9 +629,9 @@ pub async fn read_buckets(
     let mut out: Vec<((i32, i64), Bucket)> = Vec::new();
     for row in rows {
         let (Some(res), Some(t), Some(value_id), Some(type_id)) =
-            (row.res, row.t, row.value_id, row.type_id)
+            (row.res, row.cells.t, row.cells.value_id, row.cells.type_id)
         else {
-            generation = row.n;
+            generation = row.cells.n;
             continue;
         };
         let key = (res, t.timestamp());
@@ -704,9 +702,9 @@ fn add_bucket_row(
             });
         }
         Bucket::Counts(counts) => {
-            let sales = sales_of(row.quantity, row.revenue.as_deref())?;
+            let sales = sales_of(row.cells.quantity, row.cells.revenue.as_deref())?;
             let row = CountRow {
-                events: row.n.unwrap_or(0),
+                events: row.cells.n.unwrap_or(0),
                 value_id,
                 type_id,
             };
