@@ -24,7 +24,7 @@ use crate::db::replica::{ReadPools, WriteLsn};
 use crate::db::{self, PgPool, PoolRole};
 use crate::error::{Error, Result};
 use crate::grpc::deadline::DeadlineLayer;
-use crate::grpc::decode_errors::DecodeErrorsLayer;
+use crate::grpc::decode_errors;
 use crate::grpc::ingest::{IngestApi, IngestState};
 use crate::grpc::proto::alert_service_server::AlertServiceServer;
 use crate::grpc::proto::ingest_service_server::IngestServiceServer;
@@ -415,7 +415,7 @@ impl Core {
         Ok(builder
             .layer(TrackLayer)
             .layer(ObserveLayer::new(self.metrics.clone()))
-            .layer(DecodeErrorsLayer)
+            .layer(decode_errors::layer::<tonic::body::Body>())
             .layer(DeadlineLayer)
             .layer(AuthLayer::new(self.keys.clone(), services.quotas.clone()))
             .add_service(health)

@@ -459,9 +459,12 @@ fn live_from_rows(rows: Vec<LiveSqlRow>) -> Result<Live> {
 /// A pending delta (part 0) or edge (part 1) row; `None` if a field is
 /// missing.
 fn live_row(row: &LiveSqlRow) -> Result<Option<LiveRow>> {
-    let (Some(t), Some(value_id), Some(type_id), Some(n)) =
-        (row.cells.t, row.cells.value_id, row.cells.type_id, row.cells.n)
-    else {
+    let (Some(t), Some(value_id), Some(type_id), Some(n)) = (
+        row.cells.t,
+        row.cells.value_id,
+        row.cells.type_id,
+        row.cells.n,
+    ) else {
         return Ok(None);
     };
     Ok(Some(LiveRow {
@@ -545,9 +548,12 @@ impl MinuteBuckets {
     /// Adds one row to its minute's bucket; a row missing a field is
     /// skipped.
     fn add(&mut self, row: LiveSqlRow) -> Result<()> {
-        let (Some(t), Some(value_id), Some(type_id), Some(n)) =
-            (row.cells.t, row.cells.value_id, row.cells.type_id, row.cells.n)
-        else {
+        let (Some(t), Some(value_id), Some(type_id), Some(n)) = (
+            row.cells.t,
+            row.cells.value_id,
+            row.cells.type_id,
+            row.cells.n,
+        ) else {
             return Ok(());
         };
         let minute = t.timestamp();

@@ -12,10 +12,7 @@
 //! is decoded, by [`ContractCodec`](super::codec::ContractCodec). (Streams
 //! decode in the handler; `grpc/ingest.rs` maps the same status there.)
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use tower::{Layer, Service};
+use tower::util::MapResponseLayer;
 
 /// The status a length-limit failure should have had, if `status` is one.
 pub fn contract_status(status: &tonic::Status) -> Option<tonic::Status> {
@@ -27,52 +24,21 @@ pub fn contract_status(status: &tonic::Status) -> Option<tonic::Status> {
     })
 }
 
-/// The layer; add it inside the observing layer so the log shows the
-/// corrected code.
-#[derive(Clone, Default)]
-pub struct DecodeErrorsLayer;
-
-impl<S> Layer<S> for DecodeErrorsLayer {
-    type Service = DecodeErrors<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        DecodeErrors { inner }
+/// `response`, with a length-limit status in its headers rewritten.
+fn rewrite<B: Default>(response: http::Response<B>) -> http::Response<B> {
+    match tonic::Status::from_header_map(response.headers())
+        .as_ref()
+        .and_then(contract_status)
+    {
+        Some(status) => status.into_http(),
+        None => response,
     }
 }
 
-/// The service the layer wraps around the router.
-#[derive(Clone)]
-pub struct DecodeErrors<S> {
-    inner: S,
-}
-
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for DecodeErrors<S>
-where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let response = future.await?;
-            let fixed = tonic::Status::from_header_map(response.headers())
-                .as_ref()
-                .and_then(contract_status);
-            Ok(match fixed {
-                Some(status) => status.into_http(),
-                None => response,
-            })
-        })
-    }
+/// The layer, for responses with body `B`; add it inside the observing
+/// layer so the log shows the corrected code.
+pub fn layer<B: Default>() -> MapResponseLayer<fn(http::Response<B>) -> http::Response<B>> {
+    MapResponseLayer::new(rewrite::<B>)
 }
 
 #[cfg(test)]

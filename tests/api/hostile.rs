@@ -787,3 +787,37 @@ async fn invalid_utf8_on_the_wire_is_invalid_argument() {
         .expect_err("GetMetrics with garbage");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 }
+
+/// A unary request over `--max-message-bytes` is refused before any handler
+/// with RESOURCE_EXHAUSTED naming the limit (tonic says OUT_OF_RANGE; the
+/// decode-errors layer maps it by code), and the server goes on answering.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_unary_request_is_resource_exhausted() {
+    let app = TestApp::spawn_with(|s| s.limits.max_message_bytes = 16 * 1024).await;
+    let now = Utc::now();
+    let request = |page_url: String| GetMetricsRequest {
+        metric: Metric::Events as i32,
+        start: Some(to_timestamp(now - TimeDelta::hours(1))),
+        end: Some(to_timestamp(now)),
+        granularity: Granularity::Total as i32,
+        filter: Some(Filter {
+            page_url,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let status = app
+        .query()
+        .get_metrics(request("/".repeat(32 * 1024)))
+        .await
+        .expect_err("over the message limit");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("PULSE_MAX_MESSAGE_BYTES"),
+        "{}",
+        status.message()
+    );
+    // The server goes on answering.
+    let fine = app.query().get_metrics(request("/home".into())).await;
+    assert!(fine.is_ok(), "{fine:?}");
+}
