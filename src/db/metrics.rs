@@ -61,82 +61,74 @@ macro_rules! revenue_text {
 /// Detail rows are found by one index lookup per event (`LIMIT 1` keeps each
 /// lookup a nested loop: a join here was once planned as a hash join over
 /// every pageview), and for every event only where the dimension needs it.
-fn edge_template(sets: bool, dimension: usize) -> &'static str {
-    if sets {
-        set_edge_template(dimension)
-    } else {
-        count_edge_template(dimension)
+fn edge_template(sets: bool, dimension: usize) -> String {
+    match (sets, dimension) {
+        (false, 0) => TYPE_COUNTS_EDGE.to_owned(),
+        (true, 0) => r"SELECT 1, {t}, 0, e.event_type_id, e.user_id, NULL::int8, NULL::text
+               FROM events e WHERE {range} AND e.user_id IS NOT NULL{gate}
+               GROUP BY {by}e.event_type_id, e.user_id"
+            .to_owned(),
+        (false, d) => {
+            let measures = if d == 2 {
+                concat!(
+                    "count(*)::int8, sum(v.quantity)::int8, ",
+                    revenue_text!("sum(v.amount)")
+                )
+            } else {
+                "count(*)::int8, 0::int8, NULL::text"
+            };
+            value_edge(d, measures, "", "")
+        }
+        (true, d) => value_edge(
+            d,
+            "e.user_id, NULL::int8, NULL::text",
+            " AND e.user_id IS NOT NULL",
+            ", e.user_id",
+        ),
     }
 }
 
-/// [`edge_template`] of counts: events, and for purchases quantity and
-/// revenue, per (value, type).
-fn count_edge_template(dimension: usize) -> &'static str {
-    match dimension {
-        0 => concat!(
-            r#"SELECT 1 AS part, {t} AS t, 0 AS value_id, e.event_type_id AS type_id, count(*)::int8 AS n,
+/// Counts of dimension 0 per type: every event, and purchases with their
+/// quantity and revenue.
+const TYPE_COUNTS_EDGE: &str = concat!(
+    r#"SELECT 1 AS part, {t} AS t, 0 AS value_id, e.event_type_id AS type_id, count(*)::int8 AS n,
                       0::int8 AS quantity, NULL::text AS revenue
                FROM events e WHERE {range} AND e.event_type_id <> $13{gate} GROUP BY {by}e.event_type_id
                UNION ALL
                SELECT 1, {t}, 0, e.event_type_id, count(*)::int8, sum(p.quantity)::int8, "#,
-            revenue_text!("sum(p.amount)"),
-            r#"
+    revenue_text!("sum(p.amount)"),
+    r#"
                FROM events e
                CROSS JOIN LATERAL (SELECT x.quantity, x.amount FROM purchases x WHERE x.event_id = e.event_id LIMIT 1) p
                WHERE {range} AND e.event_type_id = $13{gate} GROUP BY {by}e.event_type_id"#
-        ),
-        1 => {
-            r"SELECT 1, {t}, v.value_id, e.event_type_id, count(*)::int8, 0::int8, NULL::text
-               FROM events e
-               CROSS JOIN LATERAL (SELECT d.value_id FROM pageviews p
-                                   JOIN dimension_values d ON d.dimension = 1 AND d.value = p.page_url
-                                   WHERE p.event_id = e.event_id LIMIT 1) v
-               WHERE {range} AND e.event_type_id = $12{gate} AND ($2::int4 IS NULL OR v.value_id = $2)
-               GROUP BY {by}v.value_id, e.event_type_id"
-        }
-        _ => concat!(
-            r#"SELECT 1, {t}, v.value_id, e.event_type_id, count(*)::int8, sum(v.quantity)::int8, "#,
-            revenue_text!("sum(v.amount)"),
-            r#"
-               FROM events e
-               CROSS JOIN LATERAL (SELECT d.value_id, p.quantity, p.amount FROM purchases p
-                                   JOIN dimension_values d ON d.dimension = 2 AND d.value = p.product_id
-                                   WHERE p.event_id = e.event_id LIMIT 1) v
-               WHERE {range} AND e.event_type_id = $13{gate} AND ($2::int4 IS NULL OR v.value_id = $2)
-               GROUP BY {by}v.value_id, e.event_type_id"#
-        ),
-    }
-}
+);
 
-/// [`edge_template`] of user sets: one row per (value, type, user).
-fn set_edge_template(dimension: usize) -> &'static str {
-    match dimension {
-        0 => {
-            r"SELECT 1, {t}, 0, e.event_type_id, e.user_id, NULL::int8, NULL::text
-               FROM events e WHERE {range} AND e.user_id IS NOT NULL{gate}
-               GROUP BY {by}e.event_type_id, e.user_id"
-        }
-        1 => {
-            r"SELECT 1, {t}, v.value_id, e.event_type_id, e.user_id, NULL::int8, NULL::text
+/// [`edge_template`] of a page (1) or product (2) dimension: events of the
+/// dimension's type joined to their value `v` (the page or product, with
+/// a purchase's quantity and amount), `measures` per (value, type) —
+/// and per user when `user_cond`/`user_by` add the user.
+fn value_edge(dimension: usize, measures: &str, user_cond: &str, user_by: &str) -> String {
+    let (table, column, type_param) = if dimension == 1 {
+        ("pageviews", "page_url", "$12")
+    } else {
+        ("purchases", "product_id", "$13")
+    };
+    // Sales are read only for purchase counts.
+    let detail = if dimension == 2 && user_by.is_empty() {
+        ", p.quantity, p.amount"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT 1, {{t}}, v.value_id, e.event_type_id, {measures}
                FROM events e
-               CROSS JOIN LATERAL (SELECT d.value_id FROM pageviews p
-                                   JOIN dimension_values d ON d.dimension = 1 AND d.value = p.page_url
+               CROSS JOIN LATERAL (SELECT d.value_id{detail} FROM {table} p
+                                   JOIN dimension_values d ON d.dimension = {dimension} AND d.value = p.{column}
                                    WHERE p.event_id = e.event_id LIMIT 1) v
-               WHERE {range} AND e.event_type_id = $12 AND e.user_id IS NOT NULL{gate}
+               WHERE {{range}} AND e.event_type_id = {type_param}{user_cond}{{gate}}
                  AND ($2::int4 IS NULL OR v.value_id = $2)
-               GROUP BY {by}v.value_id, e.event_type_id, e.user_id"
-        }
-        _ => {
-            r"SELECT 1, {t}, v.value_id, e.event_type_id, e.user_id, NULL::int8, NULL::text
-               FROM events e
-               CROSS JOIN LATERAL (SELECT d.value_id FROM purchases p
-                                   JOIN dimension_values d ON d.dimension = 2 AND d.value = p.product_id
-                                   WHERE p.event_id = e.event_id LIMIT 1) v
-               WHERE {range} AND e.event_type_id = $13 AND e.user_id IS NOT NULL{gate}
-                 AND ($2::int4 IS NULL OR v.value_id = $2)
-               GROUP BY {by}v.value_id, e.event_type_id, e.user_id"
-        }
-    }
+               GROUP BY {{by}}v.value_id, e.event_type_id{user_by}"
+    )
 }
 
 /// A sub-minute edge: one row per (value, type[, user]).
