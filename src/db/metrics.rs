@@ -399,7 +399,14 @@ fn push_count(counts: &mut CountRows, row: CountRow, sales: Sales) {
 /// Reads the live part of a rollup answer (see the module docs).
 pub async fn read_live(conn: &mut AsyncPgConnection, r: &LiveRequest) -> Result<Live> {
     let sql = statement_for(&LIVE, r)?;
-    let rows: Vec<LiveSqlRow> = Sql::new(sql)
+    let rows: Vec<LiveSqlRow> = live_statement(sql, r).load(conn).await?;
+    live_from_rows(rows)
+}
+
+/// `sql` (a [`live_sql`] or [`raw_minutes_sql`] text) with its 13
+/// parameters from `r`.
+fn live_statement<'a>(sql: &'a str, r: &LiveRequest) -> Sql<'a> {
+    Sql::new(sql)
         .bind::<Int2, _>(r.dimension)
         .bind::<Nullable<Int4>, _>(r.value)
         .bind::<Timestamptz, _>(r.deltas.0)
@@ -413,9 +420,6 @@ pub async fn read_live(conn: &mut AsyncPgConnection, r: &LiveRequest) -> Result<
         .bind::<Int8, _>(r.known_generation.unwrap_or(i64::MAX))
         .bind::<Int2, _>(r.pageview_type)
         .bind::<Int2, _>(r.purchase_type)
-        .load(conn)
-        .await?;
-    live_from_rows(rows)
 }
 
 /// Sorts the rows of the live statement into a [`Live`] by their part
@@ -492,22 +496,17 @@ pub async fn read_raw_minutes(
     to: DateTime<Utc>,
 ) -> Result<Vec<((i32, i64), Bucket)>> {
     let sql = statement_for(&RAW_MINUTES, r)?;
-    let rows: Vec<LiveSqlRow> = Sql::new(sql)
-        .bind::<Int2, _>(r.dimension)
-        .bind::<Nullable<Int4>, _>(r.value)
-        .bind::<Timestamptz, _>(from)
-        .bind::<Timestamptz, _>(to)
-        .bind::<Timestamptz, _>(from)
-        .bind::<Timestamptz, _>(to)
-        .bind::<Timestamptz, _>(to)
-        .bind::<Timestamptz, _>(to)
-        .bind::<Bool, _>(false)
-        .bind::<Timestamptz, _>(to)
-        .bind::<Int8, _>(i64::MAX)
-        .bind::<Int2, _>(r.pageview_type)
-        .bind::<Int2, _>(r.purchase_type)
-        .load(conn)
-        .await?;
+    // Whole minutes [from, to): no end edge, no fold log.
+    let minutes = LiveRequest {
+        deltas: (from, to),
+        start_edge: (from, to),
+        end_edge: (to, to),
+        may_extend: false,
+        end_minute: to,
+        known_generation: None,
+        ..r.clone()
+    };
+    let rows: Vec<LiveSqlRow> = live_statement(sql, &minutes).load(conn).await?;
     let mut minutes = MinuteBuckets::new(r.sets);
     for row in rows {
         minutes.add(row)?;
