@@ -240,30 +240,35 @@ SELECT 5, NULL, NULL, NULL, (SELECT extend FROM after)::int4::int8, NULL, NULL"#
 static LIVE: LazyLock<[[String; 3]; 2]> =
     LazyLock::new(|| [false, true].map(|sets| [0, 1, 2].map(|d| live_sql(sets, d))));
 
-/// Rollup counts of the pieces `$1..$3` (resolution, from, to) of
-/// dimension `$4`, with the generation of the snapshot.
-const BUCKET_COUNTS: &str = concat!(
-    "SELECT r.resolution AS res, r.bucket AS t, r.value_id, r.event_type_id AS type_id, r.events AS n,
+/// The rows of `rollup_counts` (as `r`) over the pieces `$1..$3`
+/// (resolution, from, to) that `$join` selects, then the generation of the
+/// snapshot as a last row.
+macro_rules! bucket_counts {
+    ($join:literal) => {
+        concat!(
+            "SELECT r.resolution AS res, r.bucket AS t, r.value_id, r.event_type_id AS type_id, r.events AS n,
        r.quantity, ",
-    revenue_text!("r.revenue"),
-    " AS revenue, NULL::bytea AS users
+            revenue_text!("r.revenue"),
+            " AS revenue, NULL::bytea AS users
 FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[]) AS p(res, f, t)
-JOIN rollup_counts r ON r.resolution = p.res AND r.dimension = $4 AND r.bucket >= p.f AND r.bucket < p.t
+",
+            $join,
+            "
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, fold_generation, NULL, NULL, NULL FROM rollup_state"
+        )
+    };
+}
+
+/// Rollup counts of the pieces of dimension `$4`.
+const BUCKET_COUNTS: &str = bucket_counts!(
+    "JOIN rollup_counts r ON r.resolution = p.res AND r.dimension = $4 AND r.bucket >= p.f AND r.bucket < p.t"
 );
 
 /// As [`BUCKET_COUNTS`] for one value `$5` (through `rollup_counts_value`).
-const BUCKET_COUNTS_OF_VALUE: &str = concat!(
-    "SELECT r.resolution AS res, r.bucket AS t, r.value_id, r.event_type_id AS type_id, r.events AS n,
-       r.quantity, ",
-    revenue_text!("r.revenue"),
-    " AS revenue, NULL::bytea AS users
-FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[]) AS p(res, f, t)
-JOIN rollup_counts r ON r.dimension = $4 AND r.value_id = $5 AND r.resolution = p.res
-                    AND r.bucket >= p.f AND r.bucket < p.t
-UNION ALL
-SELECT NULL, NULL, NULL, NULL, fold_generation, NULL, NULL, NULL FROM rollup_state"
+const BUCKET_COUNTS_OF_VALUE: &str = bucket_counts!(
+    "JOIN rollup_counts r ON r.dimension = $4 AND r.value_id = $5 AND r.resolution = p.res
+                    AND r.bucket >= p.f AND r.bucket < p.t"
 );
 
 /// User sets of the pieces; `$5` value filter (NULL: all), `$6` which
