@@ -25,7 +25,7 @@ use crate::db::{self, PgPool, PoolRole};
 use crate::error::{Error, Result};
 use crate::grpc::deadline::DeadlineLayer;
 use crate::grpc::decode_errors;
-use crate::grpc::ingest::{IngestApi, IngestState};
+use crate::grpc::ingest::{IngestApi, IngestMemory, IngestState};
 use crate::grpc::proto::alert_service_server::AlertServiceServer;
 use crate::grpc::proto::ingest_service_server::IngestServiceServer;
 use crate::grpc::proto::query_service_server::QueryServiceServer;
@@ -371,6 +371,7 @@ impl Core {
                 .then(|| chrono::TimeDelta::days(i64::from(retention_days))),
             quotas: quotas.clone(),
             keys: self.keys.clone(),
+            memory: IngestMemory::new(settings.limits.ingest_memory_bytes),
         });
         Services {
             queries,

@@ -138,6 +138,16 @@ pub struct IngestLimits {
         value_parser = parse_max_event_types
     )]
     pub max_event_types: usize,
+
+    /// Bytes of validated events all IngestEvents streams together may hold
+    /// before they are written; a stream past it waits (backpressure), so
+    /// many streams of large messages cannot grow the server without bound.
+    #[arg(
+        long = "ingest-memory-bytes",
+        env = "PULSE_INGEST_MEMORY_BYTES",
+        default_value_t = 16 * 1024 * 1024
+    )]
+    pub ingest_memory_bytes: usize,
 }
 
 fn parse_max_event_types(text: &str) -> Result<usize, String> {

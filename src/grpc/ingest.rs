@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -62,6 +62,44 @@ pub struct IngestState {
     pub quotas: Arc<Quotas>,
     /// The API keys, watched so that a revoked key's streams end.
     pub keys: Arc<KeySet>,
+    /// `--ingest-memory-bytes`, in KiB permits: each batch holds its
+    /// events' size from validation until it is committed.
+    pub memory: IngestMemory,
+}
+
+/// The bytes of validated events every stream together may hold before
+/// they are written (`--ingest-memory-bytes`). A batch takes its size
+/// ([`ValidEvent::size`]) before it is queued for the writer and gives it
+/// back once committed; a batch larger than the whole budget takes all of
+/// it, so it waits for the others but always passes.
+#[derive(Clone)]
+pub struct IngestMemory {
+    permits: Arc<Semaphore>,
+    /// Permits (KiB) in all.
+    total: u32,
+}
+
+impl IngestMemory {
+    pub fn new(bytes: usize) -> Self {
+        let total = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX >> 3);
+        Self {
+            permits: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Waits until `events` fit in the budget and returns their share.
+    async fn reserve(&self, events: &[ValidEvent]) -> OwnedSemaphorePermit {
+        let bytes: usize = events.iter().map(|e| e.size).sum();
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total);
+        self.permits
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .expect("the ingest budget is never closed")
+    }
 }
 
 /// Receives events and users.
@@ -101,22 +139,28 @@ impl Drop for InFlight {
 
 /// Commits batches in order until the channel closes, a write fails or
 /// the stream is `cut` (its key was revoked).
+/// A batch and its share of the ingest memory budget, given back once it
+/// is committed (or dropped).
+type Batch = (Vec<ValidEvent>, OwnedSemaphorePermit);
+
 async fn write_loop(
     state: Arc<IngestState>,
-    mut batches: mpsc::Receiver<Vec<ValidEvent>>,
+    mut batches: mpsc::Receiver<Batch>,
     cut: CancellationToken,
 ) -> Result<Totals, Error> {
     let mut totals = Totals::default();
-    while let Some(mut batch) = batches.recv().await {
+    while let Some((mut batch, permit)) = batches.recv().await {
         if cut.is_cancelled() {
             return Err(Error::Unauthenticated("the stream was cut".into()));
         }
+        let mut permits = vec![permit];
         let mut bytes: usize = batch.iter().map(|e| e.size).sum();
         while batch.len() < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
             match batches.try_recv() {
-                Ok(more) => {
+                Ok((more, permit)) => {
                     bytes += more.iter().map(|e| e.size).sum::<usize>();
                     batch.extend(more);
+                    permits.push(permit);
                 }
                 Err(_) => break,
             }
@@ -141,6 +185,8 @@ async fn write_loop(
 
         let accepted = outcome.inserted.len() as u64;
         let duplicates = batch.len() as u64 - accepted + repeated;
+        drop(batch);
+        drop(permits);
         state.metrics.count_ingest("accepted", accepted);
         state.metrics.count_ingest("duplicate", duplicates);
         totals.accepted += accepted;
@@ -392,7 +438,7 @@ impl IngestService for IngestApi {
             .map_err(Error::from)?;
         let _in_flight = InFlight::new(state.metrics.clone());
         let mut stream = request.into_inner();
-        let (batches, receiver) = mpsc::channel::<Vec<ValidEvent>>(2);
+        let (batches, receiver) = mpsc::channel::<Batch>(2);
         let cut = CancellationToken::new();
         let writer = tokio::spawn(write_loop(state.clone(), receiver, cut.clone()));
         let key_id = caller.map(|c| c.key_id);
@@ -439,6 +485,7 @@ impl IngestService for IngestApi {
             if checked.valid.is_empty() {
                 continue;
             }
+            // Waits while every stream together holds the whole budget.
             let sent = tokio::select! {
                 biased;
                 () = &mut revoked => {
@@ -446,7 +493,10 @@ impl IngestService for IngestApi {
                     failure = Some(revoked_failure());
                     break;
                 }
-                sent = batches.send(checked.valid) => sent,
+                sent = async {
+                    let permit = state.memory.reserve(&checked.valid).await;
+                    batches.send((checked.valid, permit)).await
+                } => sent,
             };
             if sent.is_err() {
                 // The writer stopped on an error; it is reported below.

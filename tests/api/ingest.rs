@@ -862,3 +862,46 @@ async fn shutdown_lets_an_open_stream_finish_and_refuses_new_calls() {
     let refused = tokio::net::TcpStream::connect(app.grpc_addr).await;
     assert!(refused.is_err(), "the gRPC port still accepts connections");
 }
+
+/// `--ingest-memory-bytes` bounds what all streams hold together by making
+/// them wait, never by refusing: with a budget smaller than one message,
+/// concurrent streams of such messages still all land, counted exactly.
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_over_the_ingest_memory_budget_wait_and_all_land() {
+    let app = TestApp::spawn_with(|s| s.limits.ingest_memory_bytes = 64 * 1024).await;
+    let mut data = prost_types::Struct::default();
+    data.fields.insert(
+        "blob".into(),
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue("x".repeat(4000))),
+        },
+    );
+    // 4 streams × 3 messages × 50 events of ~4 KB: each message ~200 KB,
+    // three times the budget.
+    let streams = (0..4).map(|s| {
+        let messages: Vec<_> = (0..3)
+            .map(|_| {
+                message(
+                    (0..50)
+                        .map(|_| Event {
+                            data: Some(data.clone()),
+                            ..click(Uuid::now_v7(), &format!("u{s}"))
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        ingest(&app, messages)
+    });
+    let answers = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        futures::future::join_all(streams),
+    )
+    .await
+    .expect("streams waiting on the budget finish");
+    for answer in answers {
+        let answer = answer.expect("a stream over the budget is not refused");
+        assert_eq!((answer.accepted, answer.rejected), (150, 0));
+    }
+    assert_eq!(count(&app.db, "events").await, 600);
+}
