@@ -12,6 +12,8 @@
 # /proc. Prints one table at the end.
 #
 #   NEW_BIN=target/release/pulse OLD_BIN=/path/to/old/pulse scripts/bench-memory.sh
+#
+# ONLY="pages types big" (the default) picks the cases to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,8 @@ WORKDIR="${WORKDIR:-/var/tmp/pulse-bench}"
 ADMIN_URL="${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 NEW_BIN="${NEW_BIN:-${CARGO_TARGET_DIR:-target}/release/pulse}"
 OLD_BIN="${OLD_BIN:-}"
+ONLY="${ONLY:-pages types big}"
+want() { case " $ONLY " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 mkdir -p "$WORKDIR"
 
 die() { printf 'bench-memory: %s\n' "$*" >&2; exit 1; }
@@ -83,6 +87,7 @@ for build in new old; do
     fi
 
     # 1. Wide pages.
+    if want pages; then
     start "$bin" "pulse_mem_${build}_pages"
     "$NEW_BIN" loadgen --grpc-addr "http://$GRPC" --events "$EVENTS" --pages "$PAGES_WIDE" --zipf-exponent 0.5 \
         --days 1 --batch-size 1000 >/dev/null 2>&1
@@ -98,8 +103,10 @@ for build in new old; do
     secs="$(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f s", e - s}')"
     record "$build" "  the same through /api/v1/metrics" "" "$(field_mb "$SERVER_PID" VmHWM)" "$(field_mb "$SERVER_PID" VmRSS)" "$secs  HTTP $code"
     stop
+    fi
 
     # 2. Wide event types.
+    if want types; then
     start "$bin" "pulse_mem_${build}_types"
     "$NEW_BIN" loadgen --grpc-addr "http://$GRPC" --events "$EVENTS" --event-types "$TYPES_WIDE" \
         --days 1 --batch-size 1000 >/dev/null 2>&1 || true
@@ -111,8 +118,10 @@ for build in new old; do
     secs="$(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f s", e - s}')"
     record "$build" "events/min by type, 24 h, $TYPES_WIDE types" "$before" "$(field_mb "$SERVER_PID" VmHWM)" "$(field_mb "$SERVER_PID" VmRSS)" "$secs  ${out:0:40}"
     stop
+    fi
 
     # 3. Big messages on 8 streams.
+    if want big; then
     start "$bin" "pulse_mem_${build}_big"
     before="$(field_mb "$SERVER_PID" VmRSS)"
     started="$(date +%s.%N)"
@@ -122,6 +131,7 @@ for build in new old; do
     sleep 2
     record "$build" "8 streams of 3.7 MB messages (72k × 8 KB)" "$before" "$(field_mb "$SERVER_PID" VmHWM)" "$(field_mb "$SERVER_PID" VmRSS)" "$secs  $(grep -m1 accepted "$WORKDIR/mem-big.out" | tr -s ' ')"
     stop
+    fi
 done
 
 echo
