@@ -1320,4 +1320,33 @@ async fn a_delta_table_left_large_by_a_backlog_is_shrunk_once_folded() {
     )
     .await;
     assert_eq!(r.series[0].total, 400_000.0);
+
+    // A smaller file (a few MB) that is full is left alone: steady traffic
+    // keeps it so, and it is not scanned in vain.
+    let fill = "INSERT INTO rollup_set_deltas (minute, dimension, value_id, event_type_id, user_id)
+         SELECT TIMESTAMPTZ '2026-01-06 00:00:00+00', 0, 0, 1, i FROM generate_series(1, 40000) AS i";
+    diesel::sql_query(fill)
+        .execute(&mut conn)
+        .await
+        .expect("fill");
+    let full = size(&mut conn).await;
+    assert!(full > 1 << 20, "{full}");
+    pulse::db::rollups::shrink_deltas(&mut conn)
+        .await
+        .expect("shrink");
+    assert_eq!(size(&mut conn).await, full);
+    // Once it is nearly empty, it is shrunk: every read of pending deltas
+    // scans the whole file.
+    diesel::sql_query("DELETE FROM rollup_set_deltas WHERE user_id > 5")
+        .execute(&mut conn)
+        .await
+        .expect("empty it");
+    pulse::db::rollups::shrink_deltas(&mut conn)
+        .await
+        .expect("shrink");
+    assert!(
+        size(&mut conn).await < 64 << 10,
+        "{}",
+        size(&mut conn).await
+    );
 }
