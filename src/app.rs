@@ -56,7 +56,7 @@ struct Core {
     pools: Pools,
     /// A streaming replica's pool for GetMetrics reads, if configured.
     read_pool: Option<PgPool>,
-    metrics: Arc<Telemetry>,
+    telemetry: Arc<Telemetry>,
     /// The accepted API keys, loaded before serving so that no call slips
     /// through while a key exists.
     keys: Arc<KeySet>,
@@ -123,7 +123,7 @@ impl App {
                 settings,
                 pools,
                 read_pool,
-                metrics: Telemetry::new(),
+                telemetry: Telemetry::new(),
                 keys,
             },
             grpc_listener,
@@ -192,7 +192,7 @@ impl App {
 
         let failure = tokio::select! {
             () = shutdown => None,
-            exit = tasks.first_failure(&core.metrics) => Some(exit),
+            exit = tasks.first_failure(&core.telemetry) => Some(exit),
         };
         tracing::info!("shutting down: no new calls, finishing in-flight ones");
         stop.cancel();
@@ -254,7 +254,7 @@ impl Core {
             crate::grpc::health::watch_database(
                 self.settings.database.url.clone(),
                 reporter,
-                self.metrics.clone(),
+                self.telemetry.clone(),
                 self.settings.health_interval,
                 stop.clone(),
             ),
@@ -277,7 +277,7 @@ impl Core {
             "fold",
             crate::jobs::fold_rollups(
                 self.pools.background.clone(),
-                self.metrics.clone(),
+                self.telemetry.clone(),
                 settings.rollup_interval,
                 stop.clone(),
             ),
@@ -287,7 +287,7 @@ impl Core {
             crate::jobs::maintenance(
                 settings.database.url.clone(),
                 settings.maintenance.clone(),
-                self.metrics.clone(),
+                self.telemetry.clone(),
                 stop.clone(),
             ),
         );
@@ -306,7 +306,7 @@ impl Core {
         let settings = &self.settings;
         let hub = Hub::new(
             self.pools.query.clone(),
-            self.metrics.clone(),
+            self.telemetry.clone(),
             settings.alert_feed_capacity,
             stop.clone(),
         );
@@ -329,7 +329,7 @@ impl Core {
                 },
                 self.pools.background.clone(),
                 engine,
-                self.metrics.clone(),
+                self.telemetry.clone(),
                 stop.clone(),
             ),
         );
@@ -354,7 +354,7 @@ impl Core {
         let queries = Queries::new(
             self.pools.query.clone(),
             engine,
-            self.metrics.clone(),
+            self.telemetry.clone(),
             settings.limits.max_string_bytes,
         )
         .with_reads(reads)
@@ -364,7 +364,7 @@ impl Core {
         let ingest = Arc::new(IngestState {
             pool: self.pools.ingest.clone(),
             cache: IdCache::new(USER_CACHE_ENTRIES),
-            metrics: self.metrics.clone(),
+            telemetry: self.telemetry.clone(),
             limits: settings.limits.clone(),
             write_lsn,
             retention: (retention_days > 0)
@@ -397,7 +397,7 @@ impl Core {
             "grpc",
             connections.grpc_max_connections,
             connections,
-            self.metrics.clone(),
+            self.telemetry.clone(),
         );
         let mut builder = listen::grpc_limits(Server::builder(), connections);
         if let Some(tls) = tls {
@@ -415,7 +415,7 @@ impl Core {
         );
         Ok(builder
             .layer(TrackLayer)
-            .layer(ObserveLayer::new(self.metrics.clone()))
+            .layer(ObserveLayer::new(self.telemetry.clone()))
             .layer(decode_errors::layer::<tonic::body::Body>())
             .layer(DeadlineLayer)
             .layer(AuthLayer::new(self.keys.clone(), services.quotas.clone()))
@@ -455,11 +455,11 @@ impl Core {
             "http",
             connections.http_max_connections,
             connections,
-            self.metrics.clone(),
+            self.telemetry.clone(),
         );
         let pools = &self.pools;
         let app = http::router(HttpState {
-            metrics: self.metrics.clone(),
+            telemetry: self.telemetry.clone(),
             pool: pools.query.clone(),
             pools: vec![
                 (PoolRole::Ingest, pools.ingest.clone()),

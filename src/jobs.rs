@@ -25,7 +25,7 @@ use crate::telemetry::{JobLabels, JobNameLabels, TableLabels, Telemetry};
 /// that finds another instance folding skips its turn.
 pub async fn fold_rollups(
     pool: PgPool,
-    metrics: Arc<Telemetry>,
+    telemetry: Arc<Telemetry>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
@@ -63,10 +63,10 @@ pub async fn fold_rollups(
         .await;
         match result {
             Ok(outcome) if outcome.ran => {
-                metrics
+                telemetry
                     .rollup_fold_duration
                     .observe(started.elapsed().as_secs_f64());
-                metrics.rollup_folded_rows.inc_by(outcome.delta_rows);
+                telemetry.rollup_folded_rows.inc_by(outcome.delta_rows);
                 backlog = outcome.delta_rows >= rollups::FOLD_BATCH as u64;
                 if outcome.delta_rows > 0 {
                     tracing::debug!(
@@ -78,7 +78,7 @@ pub async fn fold_rollups(
             }
             Ok(_) => {}
             Err(error) => {
-                metrics.rollup_fold_failures.inc();
+                telemetry.rollup_fold_failures.inc();
                 tracing::warn!(%error, "rollup fold failed; retrying next interval");
             }
         }
@@ -90,12 +90,12 @@ pub async fn fold_rollups(
 pub async fn maintenance(
     database_url: String,
     settings: MaintenanceSettings,
-    metrics: Arc<Telemetry>,
+    telemetry: Arc<Telemetry>,
     shutdown: CancellationToken,
 ) {
     tokio::join!(
-        retention(&database_url, &settings, &metrics, &shutdown),
-        vacuum(&database_url, &settings, &metrics, &shutdown),
+        retention(&database_url, &settings, &telemetry, &shutdown),
+        vacuum(&database_url, &settings, &telemetry, &shutdown),
     );
     // With both jobs off the task still lives until shutdown: ending
     // earlier would read as a failure (`supervise`).
@@ -106,7 +106,7 @@ pub async fn maintenance(
 async fn retention(
     database_url: &str,
     settings: &MaintenanceSettings,
-    metrics: &Telemetry,
+    telemetry: &Telemetry,
     shutdown: &CancellationToken,
 ) {
     if settings.retention_days == 0 || settings.retention_interval.is_zero() {
@@ -121,12 +121,12 @@ async fn retention(
             else {
                 return Ok(false);
             };
-            retention_run(&mut conn, keep, batch, metrics, shutdown).await?;
+            retention_run(&mut conn, keep, batch, telemetry, shutdown).await?;
             Ok(true)
         };
         // Not raced with shutdown: the run stops itself after the current
         // batch (one short statement), so it can log what it did.
-        record("retention", started, run.await, metrics);
+        record("retention", started, run.await, telemetry);
     }
 }
 
@@ -134,7 +134,7 @@ async fn retention(
 async fn vacuum(
     database_url: &str,
     settings: &MaintenanceSettings,
-    metrics: &Telemetry,
+    telemetry: &Telemetry,
     shutdown: &CancellationToken,
 ) {
     if settings.vacuum_interval.is_zero() {
@@ -155,7 +155,7 @@ async fn vacuum(
             Ok(true)
         };
         tokio::select! {
-            result = run => record("vacuum", started, result, metrics),
+            result = run => record("vacuum", started, result, telemetry),
             () = shutdown.cancelled() => {
                 tracing::info!(job = "vacuum", "VACUUM cut short by shutdown");
                 return;
@@ -190,17 +190,17 @@ async fn job_session(
 
 /// Records one run: its outcome, and for a run that did its work the
 /// duration and the time of success.
-fn record(job: &'static str, started: Instant, result: Result<bool>, metrics: &Telemetry) {
+fn record(job: &'static str, started: Instant, result: Result<bool>, telemetry: &Telemetry) {
     let outcome = match result {
         Ok(true) => {
             let name = JobNameLabels {
                 job: job.to_owned(),
             };
-            metrics
+            telemetry
                 .job_duration
                 .get_or_create(&name)
                 .observe(started.elapsed().as_secs_f64());
-            metrics
+            telemetry
                 .job_last_success
                 .get_or_create(&name)
                 .set(Utc::now().timestamp());
@@ -215,7 +215,7 @@ fn record(job: &'static str, started: Instant, result: Result<bool>, metrics: &T
             "failed"
         }
     };
-    metrics
+    telemetry
         .job_runs
         .get_or_create(&JobLabels {
             job: job.to_owned(),
@@ -232,7 +232,7 @@ async fn retention_run(
     conn: &mut AsyncPgConnection,
     keep: TimeDelta,
     batch: i64,
-    metrics: &Telemetry,
+    telemetry: &Telemetry,
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let started = Instant::now();
@@ -249,7 +249,7 @@ async fn retention_run(
             ("purchases", deleted.purchases),
         ] {
             if rows > 0 {
-                metrics
+                telemetry
                     .retention_deleted_rows
                     .get_or_create(&TableLabels {
                         table: table.to_owned(),

@@ -66,7 +66,7 @@ pub struct Tracker {
     max: usize,
     header_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
-    metrics: Arc<Telemetry>,
+    telemetry: Arc<Telemetry>,
     /// The time base of [`ConnState::last_change_ms`].
     epoch: Instant,
     open: Mutex<HashMap<u64, Arc<ConnState>>>,
@@ -134,10 +134,10 @@ impl Tracker {
         listener: &'static str,
         max: usize,
         settings: &ConnectionSettings,
-        metrics: Arc<Telemetry>,
+        telemetry: Arc<Telemetry>,
     ) -> Arc<Self> {
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
-        metrics
+        telemetry
             .connections_open
             .get_or_create(&ListenerLabels {
                 listener: listener.to_owned(),
@@ -148,7 +148,7 @@ impl Tracker {
             max,
             header_timeout: nonzero(settings.header_read_timeout),
             idle_timeout: nonzero(settings.idle_timeout),
-            metrics,
+            telemetry,
             epoch: Instant::now(),
             open: Mutex::default(),
             next_id: AtomicU64::new(0),
@@ -194,7 +194,7 @@ impl Tracker {
             self.set_open(open.len());
             state
         };
-        self.metrics
+        self.telemetry
             .connections_accepted
             .get_or_create(&self.labels())
             .inc();
@@ -218,14 +218,14 @@ impl Tracker {
     }
 
     fn set_open(&self, n: usize) {
-        self.metrics
+        self.telemetry
             .connections_open
             .get_or_create(&self.labels())
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     fn count_closed(&self, reason: &str) {
-        self.metrics
+        self.telemetry
             .connections_closed
             .get_or_create(&CloseLabels {
                 listener: self.listener.to_owned(),

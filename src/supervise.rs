@@ -73,14 +73,14 @@ impl Tasks {
     }
 
     /// Waits for the first task to end early, logs and counts it.
-    pub async fn first_failure(&mut self, metrics: &Arc<Telemetry>) -> Exit {
+    pub async fn first_failure(&mut self, telemetry: &Arc<Telemetry>) -> Exit {
         let exit = self.next_exit().await;
         tracing::error!(
             task = exit.task,
             panic = exit.panic.as_deref(),
             "{exit}; shutting down"
         );
-        metrics
+        telemetry
             .background_task_exits
             .get_or_create(&TaskLabels {
                 task: exit.task.to_owned(),
@@ -107,15 +107,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_task_that_panics_or_returns_is_reported_by_name_and_counted() {
-        let metrics = Telemetry::new();
+        let telemetry = Telemetry::new();
         let mut tasks = Tasks::default();
         tasks.spawn("forever", std::future::pending());
         tasks.spawn("fold", async { panic!("bitmap exploded") });
-        let exit = tasks.first_failure(&metrics).await;
+        let exit = tasks.first_failure(&telemetry).await;
         assert_eq!(exit.task, "fold");
         assert_eq!(exit.panic.as_deref(), Some("bitmap exploded"));
         tasks.spawn("keys", async {});
-        let exit = tasks.first_failure(&metrics).await;
+        let exit = tasks.first_failure(&telemetry).await;
         assert_eq!(
             exit,
             Exit {
@@ -123,7 +123,7 @@ mod tests {
                 panic: None
             }
         );
-        let text = metrics.render();
+        let text = telemetry.render();
         assert!(
             text.contains(r#"pulse_background_task_exits_total{task="fold"} 1"#),
             "{text}"

@@ -195,14 +195,14 @@ fn latency_family<L: Clone + Eq + Hash>() -> Family<L, Histogram> {
 impl Telemetry {
     /// A fresh registry with every Pulse series registered at zero.
     pub fn new() -> Arc<Self> {
-        let mut metrics = Self::unregistered();
+        let mut telemetry = Self::unregistered();
         // `/metrics` lists series in the order they were registered: these
         // calls (and the calls inside them) keep that order stable.
-        metrics.register_ingest_and_queries();
-        metrics.register_alerts();
-        metrics.register_jobs_and_reads();
-        metrics.register_connections_and_http();
-        Arc::new(metrics)
+        telemetry.register_ingest_and_queries();
+        telemetry.register_alerts();
+        telemetry.register_jobs_and_reads();
+        telemetry.register_connections_and_http();
+        Arc::new(telemetry)
     }
 
     /// Every series at zero, none of them registered yet.

@@ -58,7 +58,7 @@ pub async fn run(
     settings: EvaluatorSettings,
     pool: PgPool,
     cache: Arc<Engine>,
-    metrics: Arc<Telemetry>,
+    telemetry: Arc<Telemetry>,
     shutdown: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(settings.interval);
@@ -77,29 +77,29 @@ pub async fn run(
                 continue;
             }
             tracing::info!("this instance now evaluates alert rules");
-            metrics.alert_evaluator_leader.set(1);
+            telemetry.alert_evaluator_leader.set(1);
             last_seen.clear();
         } else if !still_held(&mut lock).await {
             tracing::warn!("alert evaluator lock connection lost; stepping down");
             leader = false;
             lock = None;
-            step_down(&metrics);
+            step_down(&telemetry);
             continue;
         }
         let started = Instant::now();
         let outcome = tokio::select! {
-            outcome = tick(&pool, &cache, &settings.clock, &metrics, &mut last_seen) => outcome,
+            outcome = tick(&pool, &cache, &settings.clock, &telemetry, &mut last_seen) => outcome,
             () = shutdown.cancelled() => break,
         };
-        metrics
+        telemetry
             .alert_evaluation_duration
             .observe(started.elapsed().as_secs_f64());
         if let Err(error) = outcome {
-            metrics.alert_evaluation_failures.inc();
+            telemetry.alert_evaluation_failures.inc();
             tracing::warn!(%error, "alert evaluation tick failed; retrying next tick");
         }
     }
-    step_down(&metrics);
+    step_down(&telemetry);
     drop(lock);
 }
 
@@ -144,19 +144,19 @@ async fn still_held(lock: &mut Option<AsyncPgConnection>) -> bool {
     )
 }
 
-fn step_down(metrics: &Telemetry) {
-    metrics.alert_evaluator_leader.set(0);
-    set_counts(metrics, StateCounts::default());
+fn step_down(telemetry: &Telemetry) {
+    telemetry.alert_evaluator_leader.set(0);
+    set_counts(telemetry, StateCounts::default());
 }
 
-fn set_counts(metrics: &Telemetry, counts: StateCounts) {
+fn set_counts(telemetry: &Telemetry, counts: StateCounts) {
     for (state, n) in [
         ("inactive", counts.inactive),
         ("pending", counts.pending),
         ("firing", counts.firing),
         ("disabled", counts.disabled),
     ] {
-        metrics
+        telemetry
             .alert_rules
             .get_or_create(&StateLabels {
                 state: state.to_owned(),
@@ -170,7 +170,7 @@ async fn tick(
     pool: &PgPool,
     cache: &Engine,
     clock: &SharedClock,
-    metrics: &Telemetry,
+    telemetry: &Telemetry,
     last_seen: &mut HashMap<Uuid, (i64, Evaluation)>,
 ) -> Result<()> {
     // The only clock read of the tick (see `clock.rs`).
@@ -201,9 +201,9 @@ async fn tick(
             }
         }
     }
-    metrics.alert_evaluations.inc_by(values.len() as u64);
+    telemetry.alert_evaluations.inc_by(values.len() as u64);
     if let Some(error) = first_error {
-        metrics.alert_evaluation_failures.inc_by(failed);
+        telemetry.alert_evaluation_failures.inc_by(failed);
         tracing::warn!(%error, queries = failed, "alert rules could not be evaluated; their state is kept this tick");
     }
 
@@ -225,7 +225,7 @@ async fn tick(
             NotificationState::Firing => "firing",
             NotificationState::Resolved => "resolved",
         };
-        metrics
+        telemetry
             .alert_notifications
             .get_or_create(&StateLabels {
                 state: state.to_owned(),
@@ -241,7 +241,7 @@ async fn tick(
             "alert notification stored"
         );
     }
-    set_counts(metrics, plan.counts);
+    set_counts(telemetry, plan.counts);
     Ok(())
 }
 

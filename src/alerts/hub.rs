@@ -56,7 +56,7 @@ pub struct Hub {
     live: broadcast::Sender<Arc<Notification>>,
     /// For replays and catch-ups (never held while sending to a client).
     pool: PgPool,
-    metrics: Arc<Telemetry>,
+    telemetry: Arc<Telemetry>,
     /// Ends the listener and every subscriber stream.
     shutdown: CancellationToken,
 }
@@ -66,7 +66,7 @@ impl Hub {
     /// subscriber that has not taken them is caught up from the table.
     pub fn new(
         pool: PgPool,
-        metrics: Arc<Telemetry>,
+        telemetry: Arc<Telemetry>,
         capacity: usize,
         shutdown: CancellationToken,
     ) -> Self {
@@ -74,7 +74,7 @@ impl Hub {
         Self {
             live,
             pool,
-            metrics,
+            telemetry,
             shutdown,
         }
     }
@@ -172,7 +172,7 @@ impl Hub {
             tx,
             rule_ids,
             last_id: after_id,
-            _connected: Connected::new(&self.metrics),
+            _connected: Connected::new(&self.telemetry),
         };
         tokio::spawn(subscriber.run(live));
         rx
@@ -194,9 +194,9 @@ async fn listen_connection(url: &str) -> Result<AsyncPgConnection> {
 struct Connected(Arc<Telemetry>);
 
 impl Connected {
-    fn new(metrics: &Arc<Telemetry>) -> Self {
-        metrics.alert_subscribers.inc();
-        Self(metrics.clone())
+    fn new(telemetry: &Arc<Telemetry>) -> Self {
+        telemetry.alert_subscribers.inc();
+        Self(telemetry.clone())
     }
 }
 
@@ -237,8 +237,11 @@ impl Subscriber {
             let result = match item {
                 Ok(notification) => self.offer(notification).await,
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    self.hub.metrics.alert_subscriber_catchups.inc();
-                    self.hub.metrics.alert_subscriber_lag.observe(missed as f64);
+                    self.hub.telemetry.alert_subscriber_catchups.inc();
+                    self.hub
+                        .telemetry
+                        .alert_subscriber_lag
+                        .observe(missed as f64);
                     self.catch_up().await
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
@@ -288,7 +291,7 @@ impl Subscriber {
         tokio::select! {
             sent = self.tx.send(Ok(notification)) => {
                 sent.map_err(|_| Stop::Gone)?;
-                self.hub.metrics.alert_notifications_delivered.inc();
+                self.hub.telemetry.alert_notifications_delivered.inc();
                 Ok(())
             }
             () = self.hub.shutdown.cancelled() => Err(Stop::Gone),

@@ -31,7 +31,7 @@ pub const HEALTH_SERVICES: [&str; 4] = [
 pub async fn watch_database(
     database_url: String,
     reporter: HealthReporter,
-    metrics: Arc<Telemetry>,
+    telemetry: Arc<Telemetry>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
@@ -49,7 +49,7 @@ pub async fn watch_database(
             for service in HEALTH_SERVICES {
                 reporter.set_service_status(service, status).await;
             }
-            metrics.db_up.set(i64::from(up));
+            telemetry.db_up.set(i64::from(up));
             if up {
                 tracing::info!("database reachable: health SERVING");
             } else {

@@ -50,7 +50,7 @@ pub const MAX_USERS_PER_REQUEST: usize = 10_000;
 pub struct IngestState {
     pub pool: PgPool,
     pub cache: IdCache,
-    pub metrics: Arc<Telemetry>,
+    pub telemetry: Arc<Telemetry>,
     pub limits: IngestLimits,
     /// Set when reads may go to a replica: after each commit the writer
     /// records the primary's WAL position here (read-your-writes).
@@ -125,9 +125,9 @@ struct Totals {
 struct InFlight(Arc<Telemetry>);
 
 impl InFlight {
-    fn new(metrics: Arc<Telemetry>) -> Self {
-        metrics.ingest_streams_in_flight.inc();
-        Self(metrics)
+    fn new(telemetry: Arc<Telemetry>) -> Self {
+        telemetry.ingest_streams_in_flight.inc();
+        Self(telemetry)
     }
 }
 
@@ -179,7 +179,7 @@ async fn write_loop(
         }
         drop(conn);
         state
-            .metrics
+            .telemetry
             .ingest_batch_duration
             .observe(started.elapsed().as_secs_f64());
 
@@ -187,8 +187,8 @@ async fn write_loop(
         let duplicates = batch.len() as u64 - accepted + repeated;
         drop(batch);
         drop(permits);
-        state.metrics.count_ingest("accepted", accepted);
-        state.metrics.count_ingest("duplicate", duplicates);
+        state.telemetry.count_ingest("accepted", accepted);
+        state.telemetry.count_ingest("duplicate", duplicates);
         totals.accepted += accepted;
         totals.duplicates += duplicates;
     }
@@ -406,7 +406,7 @@ impl IngestApi {
         for (position, event_id, rejection) in rejections {
             report.rejected += 1;
             self.state
-                .metrics
+                .telemetry
                 .count_ingest(&format!("rejected_{}", rejection.class), 1);
             if report.errors.len() < self.state.limits.max_errors_reported {
                 report.errors.push(EventError {
@@ -436,7 +436,7 @@ impl IngestService for IngestApi {
             .map(|c| state.quotas.open_stream(c.key_id))
             .transpose()
             .map_err(Error::from)?;
-        let _in_flight = InFlight::new(state.metrics.clone());
+        let _in_flight = InFlight::new(state.telemetry.clone());
         let mut stream = request.into_inner();
         let (batches, receiver) = mpsc::channel::<Batch>(2);
         let cut = CancellationToken::new();

@@ -44,12 +44,12 @@ fn method_label(path: &str) -> String {
 /// The layer; clone it into the tonic server builder.
 #[derive(Clone)]
 pub struct ObserveLayer {
-    metrics: Arc<Telemetry>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl ObserveLayer {
-    pub fn new(metrics: Arc<Telemetry>) -> Self {
-        Self { metrics }
+    pub fn new(telemetry: Arc<Telemetry>) -> Self {
+        Self { telemetry }
     }
 }
 
@@ -59,7 +59,7 @@ impl<S> Layer<S> for ObserveLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Observe {
             inner,
-            metrics: self.metrics.clone(),
+            telemetry: self.telemetry.clone(),
         }
     }
 }
@@ -68,12 +68,12 @@ impl<S> Layer<S> for ObserveLayer {
 #[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
-    metrics: Arc<Telemetry>,
+    telemetry: Arc<Telemetry>,
 }
 
 /// Records one call exactly once: when its status is known, or on drop.
 struct CallRecord {
-    metrics: Arc<Telemetry>,
+    telemetry: Arc<Telemetry>,
     method: String,
     started: Instant,
     done: bool,
@@ -90,8 +90,8 @@ impl CallRecord {
             method: self.method.clone(),
             code: format!("{code:?}"),
         };
-        self.metrics.rpc_requests.get_or_create(&labels).inc();
-        self.metrics
+        self.telemetry.rpc_requests.get_or_create(&labels).inc();
+        self.telemetry
             .rpc_duration
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
@@ -192,7 +192,7 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let mut record = CallRecord {
-            metrics: self.metrics.clone(),
+            telemetry: self.telemetry.clone(),
             method: method_label(request.uri().path()),
             started: Instant::now(),
             done: false,

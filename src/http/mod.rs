@@ -33,7 +33,7 @@ use crate::telemetry::{HttpLabels, Telemetry};
 /// What HTTP handlers share.
 #[derive(Clone)]
 pub struct HttpState {
-    pub metrics: Arc<Telemetry>,
+    pub telemetry: Arc<Telemetry>,
     /// The query pool, for alert reads.
     pub pool: PgPool,
     /// Every pool of the primary, for the pool gauges of `/metrics`.
@@ -95,9 +95,9 @@ async fn observe(State(state): State<HttpState>, request: Request, next: Next) -
         route,
         status: response.status().as_u16().to_string(),
     };
-    state.metrics.http_requests.get_or_create(&labels).inc();
+    state.telemetry.http_requests.get_or_create(&labels).inc();
     state
-        .metrics
+        .telemetry
         .http_duration
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
@@ -168,13 +168,13 @@ async fn check_query_key(
 /// product metrics that users ask for are `/api/v1/metrics`).
 async fn prometheus(State(state): State<HttpState>) -> impl IntoResponse {
     for (role, pool) in &state.pools {
-        state.metrics.observe_pool(role.label(), pool.status());
+        state.telemetry.observe_pool(role.label(), pool.status());
     }
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(),
+        state.telemetry.render(),
     )
 }

@@ -32,7 +32,7 @@ pub struct Queries {
     /// Answers queries, with the rollup buckets it caches (never stale:
     /// see `query/cache.rs`).
     engine: Arc<Engine>,
-    metrics: Arc<Telemetry>,
+    telemetry: Arc<Telemetry>,
     /// Longest `filter.page_url` accepted (the ingest limit), which the
     /// transports pass to `Filter::new`.
     max_string_bytes: usize,
@@ -47,13 +47,13 @@ impl Queries {
     pub fn new(
         pool: PgPool,
         engine: Arc<Engine>,
-        metrics: Arc<Telemetry>,
+        telemetry: Arc<Telemetry>,
         max_string_bytes: usize,
     ) -> Self {
         Self {
             reads: Arc::new(ReadPools::primary_only(pool)),
             engine,
-            metrics,
+            telemetry,
             max_string_bytes,
             budget: Duration::from_secs(2),
         }
@@ -81,7 +81,7 @@ impl Queries {
     pub async fn answer(&self, query: &MetricQuery) -> Result<(Vec<SeriesValues>, bool)> {
         let (mut conn, route) = self.reads.connection().await?;
         if route != ReadRoute::Primary {
-            self.metrics.count_replica_read(route.label());
+            self.telemetry.count_replica_read(route.label());
         }
         let cancel = conn.cancel_token();
         let answered =
@@ -90,7 +90,7 @@ impl Queries {
             // Cancelled: a cancel that arrives late would hit whatever the
             // connection runs next, so it is closed, not pooled.
             drop(deadpool::managed::Object::take(conn));
-            self.metrics.queries_over_budget.inc();
+            self.telemetry.queries_over_budget.inc();
             return Err(Error::ResourceExhausted(format!(
                 "the query needed more than its budget of {} ms on the database \
                  (PULSE_DB_QUERY_TIMEOUT) and was cancelled: narrow the time range or \
@@ -100,7 +100,7 @@ impl Queries {
         };
         let answer = answered?;
         drop(conn);
-        self.metrics.count_query_cache(answer.cache.label());
+        self.telemetry.count_query_cache(answer.cache.label());
         Ok((answer.series, answer.approximate))
     }
 }
