@@ -348,6 +348,14 @@ struct Cells {
     revenue: Option<String>,
 }
 
+impl Cells {
+    /// Time, value, type and count, when the row holds all four (a fold
+    /// log or generation row does not).
+    fn key(&self) -> Option<(DateTime<Utc>, i32, i16, i64)> {
+        Some((self.t?, self.value_id?, self.type_id?, self.n?))
+    }
+}
+
 #[derive(QueryableByName)]
 struct LiveSqlRow {
     #[diesel(sql_type = Int4)]
@@ -460,12 +468,7 @@ fn live_from_rows(rows: Vec<LiveSqlRow>) -> Result<Live> {
 /// A pending delta (part 0) or edge (part 1) row; `None` if a field is
 /// missing.
 fn live_row(row: &LiveSqlRow) -> Result<Option<LiveRow>> {
-    let (Some(t), Some(value_id), Some(type_id), Some(n)) = (
-        row.cells.t,
-        row.cells.value_id,
-        row.cells.type_id,
-        row.cells.n,
-    ) else {
+    let Some((t, value_id, type_id, n)) = row.cells.key() else {
         return Ok(None);
     };
     Ok(Some(LiveRow {
@@ -544,12 +547,7 @@ impl MinuteBuckets {
     /// Adds one row to its minute's bucket; a row missing a field is
     /// skipped.
     fn add(&mut self, row: LiveSqlRow) -> Result<()> {
-        let (Some(t), Some(value_id), Some(type_id), Some(n)) = (
-            row.cells.t,
-            row.cells.value_id,
-            row.cells.type_id,
-            row.cells.n,
-        ) else {
+        let Some((t, value_id, type_id, n)) = row.cells.key() else {
             return Ok(());
         };
         let minute = t.timestamp();
