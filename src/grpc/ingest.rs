@@ -81,7 +81,7 @@ pub struct IngestMemory {
 
 impl IngestMemory {
     pub fn new(bytes: usize) -> Self {
-        let total = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX >> 3);
+        let total = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         Self {
             permits: Arc::new(Semaphore::new(total as usize)),
             total,
@@ -137,30 +137,29 @@ impl Drop for InFlight {
     }
 }
 
-/// Commits batches in order until the channel closes, a write fails or
-/// the stream is `cut` (its key was revoked).
 /// A batch and its share of the ingest memory budget, given back once it
 /// is committed (or dropped).
 type Batch = (Vec<ValidEvent>, OwnedSemaphorePermit);
 
+/// Commits batches in order until the channel closes, a write fails or
+/// the stream is `cut` (its key was revoked).
 async fn write_loop(
     state: Arc<IngestState>,
     mut batches: mpsc::Receiver<Batch>,
     cut: CancellationToken,
 ) -> Result<Totals, Error> {
     let mut totals = Totals::default();
-    while let Some((mut batch, permit)) = batches.recv().await {
+    while let Some((mut batch, mut permit)) = batches.recv().await {
         if cut.is_cancelled() {
             return Err(Error::Unauthenticated("the stream was cut".into()));
         }
-        let mut permits = vec![permit];
         let mut bytes: usize = batch.iter().map(|e| e.size).sum();
         while batch.len() < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
             match batches.try_recv() {
-                Ok((more, permit)) => {
+                Ok((more, more_permit)) => {
                     bytes += more.iter().map(|e| e.size).sum::<usize>();
                     batch.extend(more);
-                    permits.push(permit);
+                    permit.merge(more_permit);
                 }
                 Err(_) => break,
             }
@@ -186,7 +185,7 @@ async fn write_loop(
         let accepted = outcome.inserted.len() as u64;
         let duplicates = batch.len() as u64 - accepted + repeated;
         drop(batch);
-        drop(permits);
+        drop(permit);
         state.telemetry.count_ingest("accepted", accepted);
         state.telemetry.count_ingest("duplicate", duplicates);
         totals.accepted += accepted;
