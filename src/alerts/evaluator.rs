@@ -13,9 +13,10 @@
 //!   overlapping evaluators cannot notify one transition twice.
 //! * **A tick** reads the clock once, loads every rule and state in one
 //!   snapshot (so rule changes are picked up within a tick), computes each
-//!   distinct (metric, filter, window) once with GetMetrics' own query code
-//!   (rollups + pending deltas + sub-minute raw edges; per-user rules use
-//!   the user index), plans the transitions (`domain::alert::plan`) and
+//!   distinct (metric, filter, window) once with GetMetrics' own query code,
+//!   all of them in one batch in one read snapshot (`Engine::answer_batch`:
+//!   a few live statements for a thousand rules; per-user rules use the
+//!   user index), plans the transitions (`domain::alert::plan`) and
 //!   applies them in one transaction. Nothing is kept between ticks but the
 //!   last value seen per rule, so a new leader needs no warm-up.
 
@@ -25,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -36,9 +36,6 @@ use crate::error::{Error, Result};
 use crate::query::Engine;
 use crate::telemetry::{StateLabels, Telemetry};
 
-/// Metric queries of one tick that run at the same time (each on its own
-/// pool connection).
-const EVAL_CONCURRENCY: usize = 4;
 /// Longest wait for the lock connection to answer before stepping down.
 const LOCK_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -184,11 +181,7 @@ async fn tick(
     for rule in rules.iter().filter(|r| r.spec.enabled) {
         groups.entry(rule.spec.key()).or_default().push(rule.id);
     }
-    let results: Vec<(Vec<Uuid>, Result<Evaluation>)> = futures::stream::iter(groups)
-        .map(|(key, ids)| async move { (ids, evaluate(pool, cache, &key, now).await) })
-        .buffer_unordered(EVAL_CONCURRENCY)
-        .collect()
-        .await;
+    let results = evaluate_all(pool, cache, groups, now).await?;
     let mut values = HashMap::new();
     let mut failed = 0u64;
     let mut first_error = None;
@@ -245,22 +238,46 @@ async fn tick(
     Ok(())
 }
 
-/// The value of one (metric, filter, window) over the window ending `now`.
-async fn evaluate(
+/// The value of each distinct (metric, filter, window) over its window
+/// ending `now`, with the rules that share it. All of them in one batch, in
+/// one read-only snapshot ([`Engine::answer_batch`]): their live parts are
+/// read by a few statements, their buckets mostly from the cache.
+async fn evaluate_all(
     pool: &PgPool,
     cache: &Engine,
-    key: &EvalKey,
+    groups: HashMap<EvalKey, Vec<Uuid>>,
     now: DateTime<Utc>,
-) -> Result<Evaluation> {
-    let query = key.query(now)?;
-    let mut conn = connection(pool).await?;
-    let series = cache.answer(&mut conn, &query).await?.series;
-    // An ungrouped TOTAL answer is one zero-filled series.
-    let value = series.first().map_or(0.0, |s| s.total);
-    let (window_start, window_end) = key.window(now);
-    Ok(Evaluation {
-        value,
-        window_start,
-        window_end,
-    })
+) -> Result<Vec<(Vec<Uuid>, Result<Evaluation>)>> {
+    let mut results = Vec::with_capacity(groups.len());
+    let mut batch = Vec::with_capacity(groups.len());
+    for (key, ids) in groups {
+        match key.query(now) {
+            Ok(query) => batch.push((key, ids, query)),
+            Err(error) => results.push((ids, Err(error))),
+        }
+    }
+    let queries: Vec<_> = batch.iter().map(|(_, _, q)| q.clone()).collect();
+    // One snapshot for the whole tick: every rule sees the same state, and
+    // no bucket is read in another fold generation than the live parts.
+    let answers = connection(pool)
+        .await?
+        .build_transaction()
+        .read_only()
+        .repeatable_read()
+        .run::<_, Error, _>(async |conn| Ok(cache.answer_batch(conn, &queries).await))
+        .await?;
+    for ((key, ids, _), answer) in batch.into_iter().zip(answers) {
+        let evaluation = answer.map(|answer| {
+            // An ungrouped TOTAL answer is one zero-filled series.
+            let value = answer.series.first().map_or(0.0, |s| s.total);
+            let (window_start, window_end) = key.window(now);
+            Evaluation {
+                value,
+                window_start,
+                window_end,
+            }
+        });
+        results.push((ids, evaluation));
+    }
+    Ok(results)
 }

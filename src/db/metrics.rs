@@ -193,6 +193,11 @@ const END_GATE: &str = " AND NOT (SELECT extend FROM after)";
 /// minute is read whole (no event lies in `[end, $10)`; then the end edge
 /// is not read).
 fn live_sql(sets: bool, dimension: usize) -> String {
+    live_sql_with(sets, dimension, &edge_sql(sets, dimension, START_RANGE, ""))
+}
+
+/// [`live_sql`] with `start` as its start-edge part.
+fn live_sql_with(sets: bool, dimension: usize, start: &str) -> String {
     let delta = if sets {
         "SELECT 0 AS part, d.minute AS t, d.value_id, d.event_type_id AS type_id, d.user_id AS n,
                 NULL::int8 AS quantity, NULL::text AS revenue
@@ -205,7 +210,6 @@ fn live_sql(sets: bool, dimension: usize) -> String {
             " AS revenue FROM rollup_count_deltas d"
         )
     };
-    let start = edge_sql(sets, dimension, START_RANGE, "");
     let end = edge_sql(sets, dimension, END_RANGE, END_GATE);
     format!(
         r#"WITH after AS MATERIALIZED (
@@ -239,6 +243,30 @@ SELECT 5, NULL, NULL, NULL, (SELECT extend FROM after)::int4::int8, NULL, NULL"#
 /// `LIVE[sets][dimension code]`.
 static LIVE: LazyLock<[[String; 3]; 2]> =
     LazyLock::new(|| [false, true].map(|sets| [0, 1, 2].map(|d| live_sql(sets, d))));
+
+/// The live statement of many queries that share the end edge (see
+/// [`read_live_batch`]): [`live_sql`]'s parts, with `$2` NULL (every value)
+/// and, instead of one start edge, the edges `$14[i]..$15[i]` of value
+/// `$16[i]` (NULL: every value), whose rows come as part `10 + i` (`i`
+/// from 0).
+fn live_batch_sql(sets: bool, dimension: usize) -> String {
+    let edge = edge_template(sets, dimension)
+        .replace("{t}", r#"min(e."timestamp")"#)
+        .replace("{by}", "")
+        .replace("{range}", r#"e."timestamp" >= s.f AND e."timestamp" < s.t"#)
+        .replace("{gate}", "")
+        .replace("$2", "s.v");
+    let start = format!(
+        "SELECT (9 + s.i)::int4, x.t, x.value_id, x.type_id, x.n, x.quantity, x.revenue
+         FROM unnest($14::timestamptz[], $15::timestamptz[], $16::int4[]) WITH ORDINALITY AS s(f, t, v, i)
+         CROSS JOIN LATERAL ({edge}) AS x(part, t, value_id, type_id, n, quantity, revenue)"
+    );
+    live_sql_with(sets, dimension, &start)
+}
+
+/// `LIVE_BATCH[sets][dimension code]`.
+static LIVE_BATCH: LazyLock<[[String; 3]; 2]> =
+    LazyLock::new(|| [false, true].map(|sets| [0, 1, 2].map(|d| live_batch_sql(sets, d))));
 
 /// The rows of `rollup_counts` (as `r`) over the pieces `$1..$3`
 /// (resolution, from, to) that `$join` selects, then the generation of the
@@ -414,6 +442,50 @@ pub async fn read_live(conn: &mut AsyncPgConnection, r: &LiveRequest) -> Result<
     let sql = statement_for(&LIVE, r)?;
     let rows: Vec<LiveSqlRow> = live_statement(sql, r).load(conn).await?;
     live_from_rows(rows)
+}
+
+/// A start edge of [`read_live_batch`]: `[from, to)`, of one value or all.
+pub type StartEdge = (DateTime<Utc>, DateTime<Utc>, Option<i32>);
+
+/// The live part of many queries in one statement: `base` gives what they
+/// share (dimension, end edge, generation; `value` is ignored, every value
+/// is read) and the union of their delta minutes; `starts` their start
+/// edges. Returns the shared part (pending deltas of every value, end-edge
+/// rows, fold log) and the rows of each start edge, in `starts` order. The
+/// caller keeps each query's own deltas and values.
+pub async fn read_live_batch(
+    conn: &mut AsyncPgConnection,
+    base: &LiveRequest,
+    starts: &[StartEdge],
+) -> Result<(Live, Vec<Vec<LiveRow>>)> {
+    let sql = statement_for(&LIVE_BATCH, base)?;
+    let shared = LiveRequest {
+        value: None,
+        ..base.clone()
+    };
+    let rows: Vec<LiveSqlRow> = live_statement(sql, &shared)
+        .bind::<Array<Timestamptz>, _>(starts.iter().map(|s| s.0).collect::<Vec<_>>())
+        .bind::<Array<Timestamptz>, _>(starts.iter().map(|s| s.1).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Int4>>, _>(starts.iter().map(|s| s.2).collect::<Vec<_>>())
+        .load(conn)
+        .await?;
+    let mut edges: Vec<Vec<LiveRow>> = vec![Vec::new(); starts.len()];
+    let mut rest = Vec::with_capacity(rows.len());
+    for row in rows {
+        match usize::try_from(row.part - 10) {
+            Ok(i) => {
+                let slot = edges.get_mut(i).ok_or_else(|| {
+                    Error::Internal(format!("start edge {i} was not asked for").into())
+                })?;
+                if let Some(mut edge) = live_row(&row)? {
+                    edge.delta = false;
+                    slot.push(edge);
+                }
+            }
+            Err(_) => rest.push(row),
+        }
+    }
+    Ok((live_from_rows(rest)?, edges))
 }
 
 /// `sql` (a [`live_sql`] or [`raw_minutes_sql`] text) with its 13

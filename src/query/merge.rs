@@ -41,7 +41,7 @@ fn group_key(group: Dimension, type_id: i16, value_id: i32) -> u32 {
 
 impl Job<'_> {
     fn counts_type(&self, type_id: i16) -> bool {
-        self.allowed.is_none_or(|a| a.contains(&type_id))
+        self.allowed.as_ref().is_none_or(|a| a.contains(&type_id))
     }
 
     fn key(&self, type_id: i16, value_id: i32) -> u32 {

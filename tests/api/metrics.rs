@@ -399,6 +399,49 @@ async fn hand_computed_answers_before_and_after_folding() {
     }
 }
 
+/// A range shorter than a minute that crosses a minute boundary has two
+/// edges: each event lands in its own minute, before and after folding.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_range_under_a_minute_across_a_boundary_puts_each_event_in_its_minute() {
+    let app = TestApp::spawn().await;
+    let t = at(5, 10, 0, 0);
+    let events = [(-20, "u1"), (-5, "u2"), (10, "u1"), (40, "u3")]
+        .map(|(s, user)| stamped(click(Uuid::new_v4(), user), t + TimeDelta::seconds(s)));
+    ingest(&app, vec![message(events.to_vec())])
+        .await
+        .expect("ingest");
+    let (start, end) = (t - TimeDelta::seconds(30), t + TimeDelta::seconds(30));
+    for _ in 0..2 {
+        let events = request(
+            Metric::Events,
+            start,
+            end,
+            Granularity::Minute,
+            None,
+            Dimension::Unspecified,
+            0,
+        );
+        assert_eq!(
+            shape(&get(&app, events).await),
+            vec![(String::new(), vec![2.0, 1.0], 3.0)]
+        );
+        let users = request(
+            Metric::UniqueUsers,
+            start,
+            end,
+            Granularity::Minute,
+            None,
+            Dimension::Unspecified,
+            0,
+        );
+        assert_eq!(
+            shape(&get(&app, users).await),
+            vec![(String::new(), vec![2.0, 1.0], 2.0)]
+        );
+        fold(&app).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn late_events_land_in_their_bucket_and_duplicates_never_count() {
     let app = TestApp::spawn().await;
@@ -712,6 +755,125 @@ fn close(a: &[(String, Vec<f64>, f64)], b: &[(String, Vec<f64>, f64)]) -> bool {
         })
 }
 
+/// A random event at `ts` (any type of `types`; a page, a product and a
+/// user or none) and what brute force knows of it.
+fn random_event(rng: &mut StdRng, id: Uuid, ts: DateTime<Utc>, types: &[&str]) -> (Event, Truth) {
+    let user = if rng.random_bool(0.15) {
+        String::new()
+    } else {
+        format!("user-{}", rng.random_range(0..25))
+    };
+    let t = types[rng.random_range(0..types.len())];
+    let (event, page, product, quantity, amount) = match t {
+        "pageview" => {
+            let page = format!("/page/{}", rng.random_range(0..8));
+            (pageview(id, &user, &page), Some(page), None, 0.0, 0.0)
+        }
+        "purchase" => {
+            let product = format!("sku-{}", rng.random_range(0..6));
+            let q = rng.random_range(1..5);
+            let cents = rng.random_range(1..100_000);
+            let amount = format!("{}.{:02}", cents / 100, cents % 100);
+            (
+                purchase(id, &user, &product, q, &amount),
+                None,
+                Some(product),
+                f64::from(q),
+                f64::from(cents) / 100.0,
+            )
+        }
+        other => (
+            Event {
+                event_type: other.into(),
+                ..click(id, &user)
+            },
+            None,
+            None,
+            0.0,
+            0.0,
+        ),
+    };
+    let fact = Truth {
+        ts,
+        event_type: t.into(),
+        user: (!user.is_empty()).then_some(user),
+        page,
+        product,
+        quantity,
+        amount,
+    };
+    (stamped(event, ts), fact)
+}
+
+/// A random request over `[base − 12 h, base + span + 12 h]`: any metric,
+/// granularity, filter, grouping and limit.
+fn random_request(
+    rng: &mut StdRng,
+    base: DateTime<Utc>,
+    span: i64,
+    types: &[&str],
+) -> GetMetricsRequest {
+    let metric = [
+        Metric::Events,
+        Metric::UniqueUsers,
+        Metric::Pageviews,
+        Metric::Purchases,
+        Metric::Revenue,
+        Metric::Quantity,
+    ][rng.random_range(0..6)];
+    let granularity = [
+        Granularity::Minute,
+        Granularity::Hour,
+        Granularity::Day,
+        Granularity::Total,
+    ][rng.random_range(0..4)];
+    let max_len = if granularity == Granularity::Minute {
+        6 * 3600
+    } else {
+        span + 86400
+    };
+    let start = base - TimeDelta::hours(12) + TimeDelta::seconds(rng.random_range(0..span + 43200));
+    let start = if rng.random_bool(0.3) {
+        start - TimeDelta::seconds(start.timestamp() % 3600)
+    } else {
+        start
+    };
+    let end = start + TimeDelta::seconds(rng.random_range(1..max_len));
+    let mut filter = Filter::default();
+    if rng.random_bool(0.3) {
+        filter.event_types = types
+            .iter()
+            .filter(|_| rng.random_bool(0.5))
+            .map(std::string::ToString::to_string)
+            .collect();
+    }
+    if rng.random_bool(0.15) {
+        filter.page_url = format!("/page/{}", rng.random_range(0..8));
+    }
+    if rng.random_bool(0.15) {
+        filter.product_id = format!("sku-{}", rng.random_range(0..6));
+    }
+    if rng.random_bool(0.1) {
+        filter.user_id = format!("user-{}", rng.random_range(0..25));
+    }
+    let group_by = [
+        Dimension::Unspecified,
+        Dimension::EventType,
+        Dimension::PageUrl,
+        Dimension::ProductId,
+    ][rng.random_range(0..4)];
+    let limit = rng.random_range(0..6);
+    request(
+        metric,
+        start,
+        end,
+        granularity,
+        Some(filter),
+        group_by,
+        limit,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn property_rollups_match_brute_force_over_random_events_and_requests() {
     let app =
@@ -751,53 +913,11 @@ async fn property_rollups_match_brute_force_over_random_events_and_requests() {
                     Uuid::new_v4()
                 };
                 let ts = base + TimeDelta::milliseconds(rng.random_range(0..span * 1000));
-                let user = if rng.random_bool(0.15) {
-                    String::new()
-                } else {
-                    format!("user-{}", rng.random_range(0..25))
-                };
-                let t = types[rng.random_range(0..types.len())];
-                let (event, page, product, quantity, amount) = match t {
-                    "pageview" => {
-                        let page = format!("/page/{}", rng.random_range(0..8));
-                        (pageview(id, &user, &page), Some(page), None, 0.0, 0.0)
-                    }
-                    "purchase" => {
-                        let product = format!("sku-{}", rng.random_range(0..6));
-                        let q = rng.random_range(1..5);
-                        let cents = rng.random_range(1..100_000);
-                        let amount = format!("{}.{:02}", cents / 100, cents % 100);
-                        (
-                            purchase(id, &user, &product, q, &amount),
-                            None,
-                            Some(product),
-                            f64::from(q),
-                            f64::from(cents) / 100.0,
-                        )
-                    }
-                    other => (
-                        Event {
-                            event_type: other.into(),
-                            ..click(id, &user)
-                        },
-                        None,
-                        None,
-                        0.0,
-                        0.0,
-                    ),
-                };
-                events.push(stamped(event, ts));
+                let (event, fact) = random_event(&mut rng, id, ts, &types);
+                events.push(event);
                 if let std::collections::hash_map::Entry::Vacant(v) = truth.entry(id) {
                     // The first stored version is the truth; resends are duplicates.
-                    v.insert(Truth {
-                        ts,
-                        event_type: t.into(),
-                        user: (!user.is_empty()).then_some(user),
-                        page,
-                        product,
-                        quantity,
-                        amount,
-                    });
+                    v.insert(fact);
                     sent.push(id);
                 }
             }
@@ -811,66 +931,7 @@ async fn property_rollups_match_brute_force_over_random_events_and_requests() {
     let events: Vec<Truth> = truth.into_values().collect();
 
     for i in 0..150 {
-        let metric = [
-            Metric::Events,
-            Metric::UniqueUsers,
-            Metric::Pageviews,
-            Metric::Purchases,
-            Metric::Revenue,
-            Metric::Quantity,
-        ][rng.random_range(0..6)];
-        let granularity = [
-            Granularity::Minute,
-            Granularity::Hour,
-            Granularity::Day,
-            Granularity::Total,
-        ][rng.random_range(0..4)];
-        let max_len = if granularity == Granularity::Minute {
-            6 * 3600
-        } else {
-            span + 86400
-        };
-        let start =
-            base - TimeDelta::hours(12) + TimeDelta::seconds(rng.random_range(0..span + 43200));
-        let start = if rng.random_bool(0.3) {
-            start - TimeDelta::seconds(start.timestamp() % 3600)
-        } else {
-            start
-        };
-        let end = start + TimeDelta::seconds(rng.random_range(1..max_len));
-        let mut filter = Filter::default();
-        if rng.random_bool(0.3) {
-            filter.event_types = types
-                .iter()
-                .filter(|_| rng.random_bool(0.5))
-                .map(std::string::ToString::to_string)
-                .collect();
-        }
-        if rng.random_bool(0.15) {
-            filter.page_url = format!("/page/{}", rng.random_range(0..8));
-        }
-        if rng.random_bool(0.15) {
-            filter.product_id = format!("sku-{}", rng.random_range(0..6));
-        }
-        if rng.random_bool(0.1) {
-            filter.user_id = format!("user-{}", rng.random_range(0..25));
-        }
-        let group_by = [
-            Dimension::Unspecified,
-            Dimension::EventType,
-            Dimension::PageUrl,
-            Dimension::ProductId,
-        ][rng.random_range(0..4)];
-        let limit = rng.random_range(0..6);
-        let req = request(
-            metric,
-            start,
-            end,
-            granularity,
-            Some(filter),
-            group_by,
-            limit,
-        );
+        let req = random_request(&mut rng, base, span, &types);
         let got = shape(&get(&app, req.clone()).await);
         // The same request again is answered from the cache: same answer.
         let again = shape(&get(&app, req.clone()).await);
@@ -894,6 +955,64 @@ async fn property_rollups_match_brute_force_over_random_events_and_requests() {
                 "request #{i} (seed {seed}) {req:?}\n got  {:#?}\n want {:#?}",
                 brief(&got),
                 brief(&want)
+            );
+        }
+    }
+
+    // The alert evaluator's batch: many requests ending at one instant
+    // (windows shared by several filters, sub-minute and longer ones),
+    // answered together by a fresh engine, cold and then from its cache.
+    let end = base
+        + TimeDelta::seconds(rng.random_range(7200..span))
+        + TimeDelta::milliseconds(rng.random_range(0..1000));
+    // Dense traffic around `end`, left pending: the batch's shared deltas
+    // and end edge hold every value, each query must take only its own.
+    let mut near = Vec::new();
+    let mut events = events;
+    for _ in 0..400 {
+        let ts = end - TimeDelta::milliseconds(rng.random_range(-30_000..150_000));
+        let (event, fact) = random_event(&mut rng, Uuid::new_v4(), ts, &types);
+        near.push(event);
+        events.push(fact);
+    }
+    ingest(&app, vec![message(near)]).await.expect("ingest");
+    let requests: Vec<GetMetricsRequest> = (0..80)
+        .map(|_| {
+            let mut req = random_request(&mut rng, base, span, &types);
+            let longest = if req.granularity == Granularity::Minute as i32 {
+                6 * 3600
+            } else {
+                30 * 3600
+            };
+            let window = if rng.random_bool(0.5) {
+                [30, 60, 90, 3600][rng.random_range(0..4)]
+            } else {
+                rng.random_range(1..longest)
+            };
+            req.end = Some(to_timestamp(end));
+            req.start = Some(to_timestamp(end - TimeDelta::seconds(window)));
+            req
+        })
+        .collect();
+    let queries: Vec<_> = requests
+        .iter()
+        .map(|r| pulse::grpc::convert::metric_query(r.clone(), 1024).expect("a valid request"))
+        .collect();
+    let engine = pulse::query::Engine::new(32 << 20, 48 << 20);
+    let mut conn = app.db.connect().await;
+    for pass in ["cold", "cached"] {
+        let answers = engine.answer_batch(&mut conn, &queries).await;
+        for (req, answer) in requests.iter().zip(answers) {
+            let got: Vec<(String, Vec<f64>, f64)> = answer
+                .expect("a batch answer")
+                .series
+                .into_iter()
+                .map(|s| (s.group, s.values, s.total))
+                .collect();
+            let want = brute_force(&events, req);
+            assert!(
+                close(&got, &want),
+                "batch ({pass}, seed {seed}) {req:?}\n got  {got:?}\n want {want:?}"
             );
         }
     }
