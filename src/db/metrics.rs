@@ -55,7 +55,8 @@ macro_rules! revenue_text {
 
 /// Raw events of a time range, aggregated per (value, type) — or per user
 /// for sets. `{range}` is the time condition and `{gate}` turns the end
-/// edge off when its minute is read whole; `{t}`/`{by}` say what `t` is:
+/// edge off when its minute is read whole; `{part}` is the first column
+/// (1, or a batch's segment); `{t}`/`{by}` say what `t` is:
 /// the first event of a sub-minute edge (which lies in one output bucket),
 /// or each event's minute for whole minutes read raw.
 /// Detail rows are found by one index lookup per event (`LIMIT 1` keeps each
@@ -64,7 +65,7 @@ macro_rules! revenue_text {
 fn edge_template(sets: bool, dimension: usize) -> String {
     match (sets, dimension) {
         (false, 0) => TYPE_COUNTS_EDGE.to_owned(),
-        (true, 0) => r"SELECT 1, {t}, 0, e.event_type_id, e.user_id, NULL::int8, NULL::text
+        (true, 0) => r"SELECT {part}, {t}, 0, e.event_type_id, e.user_id, NULL::int8, NULL::text
                FROM events e WHERE {range} AND e.user_id IS NOT NULL{gate}
                GROUP BY {by}e.event_type_id, e.user_id"
             .to_owned(),
@@ -91,11 +92,11 @@ fn edge_template(sets: bool, dimension: usize) -> String {
 /// Counts of dimension 0 per type: every event, and purchases with their
 /// quantity and revenue.
 const TYPE_COUNTS_EDGE: &str = concat!(
-    r#"SELECT 1 AS part, {t} AS t, 0 AS value_id, e.event_type_id AS type_id, count(*)::int8 AS n,
+    r#"SELECT {part} AS part, {t} AS t, 0 AS value_id, e.event_type_id AS type_id, count(*)::int8 AS n,
                       0::int8 AS quantity, NULL::text AS revenue
                FROM events e WHERE {range} AND e.event_type_id <> $13{gate} GROUP BY {by}e.event_type_id
                UNION ALL
-               SELECT 1, {t}, 0, e.event_type_id, count(*)::int8, sum(p.quantity)::int8, "#,
+               SELECT {part}, {t}, 0, e.event_type_id, count(*)::int8, sum(p.quantity)::int8, "#,
     revenue_text!("sum(p.amount)"),
     r#"
                FROM events e
@@ -120,7 +121,7 @@ fn value_edge(dimension: usize, measures: &str, user_cond: &str, user_by: &str) 
         ""
     };
     format!(
-        "SELECT 1, {{t}}, v.value_id, e.event_type_id, {measures}
+        "SELECT {{part}}, {{t}}, v.value_id, e.event_type_id, {measures}
                FROM events e
                CROSS JOIN LATERAL (SELECT d.value_id{detail} FROM {table} p
                                    JOIN dimension_values d ON d.dimension = {dimension} AND d.value = p.{column}
@@ -134,6 +135,7 @@ fn value_edge(dimension: usize, measures: &str, user_cond: &str, user_by: &str) 
 /// A sub-minute edge: one row per (value, type[, user]).
 fn edge_sql(sets: bool, dimension: usize, range: &str, gate: &str) -> String {
     edge_template(sets, dimension)
+        .replace("{part}", "1")
         .replace("{t}", r#"min(e."timestamp")"#)
         .replace("{by}", "")
         .replace("{range}", range)
@@ -149,6 +151,7 @@ const MINUTE_OF: &str = r#"date_trunc('minute', e."timestamp", 'UTC')"#;
 /// Parameters as [`live_sql`]'s.
 fn raw_minutes_sql(sets: bool, dimension: usize) -> String {
     let body = edge_template(sets, dimension)
+        .replace("{part}", "1")
         .replace("{t}", MINUTE_OF)
         .replace("{by}", &format!("{MINUTE_OF}, "))
         .replace("{range}", START_RANGE)
@@ -245,20 +248,39 @@ static LIVE: LazyLock<[[String; 3]; 2]> =
     LazyLock::new(|| [false, true].map(|sets| [0, 1, 2].map(|d| live_sql(sets, d))));
 
 /// The live statement of many queries that share the end edge (see
-/// [`read_live_batch`]): [`live_sql`]'s parts, with `$2` NULL (every value)
-/// and, instead of one start edge, the edges `$14[i]..$15[i]` of value
-/// `$16[i]` (NULL: every value), whose rows come as part `10 + i` (`i`
-/// from 0).
+/// [`read_live_batch`]): [`live_sql`]'s parts with `$2` NULL (every
+/// value), and instead of one start edge, the start edges `$14[i]..$15[i]`
+/// read once per minute: the edges that end at one minute boundary `t` are
+/// nested (`[f, t)` for several `f`), so the longest is scanned and each
+/// event (for sets: each user's last event) is given its segment, the
+/// number of those `f` at or before it (`width_bucket`). A row comes as part
+/// `10 + segment` with `t` the minute boundary; an edge `[f, t)` holds the
+/// rows of its boundary whose segment is at least `f`'s rank.
 fn live_batch_sql(sets: bool, dimension: usize) -> String {
+    let (part, t, by) = if sets {
+        (
+            r#"width_bucket(max(e."timestamp"), g.starts)"#,
+            r#"max(e."timestamp")"#,
+            "",
+        )
+    } else {
+        (
+            r#"width_bucket(e."timestamp", g.starts)"#,
+            r#"min(e."timestamp")"#,
+            r#"width_bucket(e."timestamp", g.starts), "#,
+        )
+    };
     let edge = edge_template(sets, dimension)
-        .replace("{t}", r#"min(e."timestamp")"#)
-        .replace("{by}", "")
-        .replace("{range}", r#"e."timestamp" >= s.f AND e."timestamp" < s.t"#)
+        .replace("{part}", part)
+        .replace("{t}", t)
+        .replace("{by}", by)
+        .replace("{range}", r#"e."timestamp" >= g.f AND e."timestamp" < g.t"#)
         .replace("{gate}", "")
-        .replace("$2", "s.v");
+        .replace("$2", "NULL::int4");
     let start = format!(
-        "SELECT (9 + s.i)::int4, x.t, x.value_id, x.type_id, x.n, x.quantity, x.revenue
-         FROM unnest($14::timestamptz[], $15::timestamptz[], $16::int4[]) WITH ORDINALITY AS s(f, t, v, i)
+        "SELECT (10 + x.part)::int4, g.t, x.value_id, x.type_id, x.n, x.quantity, x.revenue
+         FROM (SELECT s.t, min(s.f) AS f, array_agg(DISTINCT s.f ORDER BY s.f) AS starts
+               FROM unnest($14::timestamptz[], $15::timestamptz[]) AS s(f, t) GROUP BY s.t) AS g
          CROSS JOIN LATERAL ({edge}) AS x(part, t, value_id, type_id, n, quantity, revenue)"
     );
     live_sql_with(sets, dimension, &start)
@@ -444,20 +466,48 @@ pub async fn read_live(conn: &mut AsyncPgConnection, r: &LiveRequest) -> Result<
     live_from_rows(rows)
 }
 
-/// A start edge of [`read_live_batch`]: `[from, to)`, of one value or all.
-pub type StartEdge = (DateTime<Utc>, DateTime<Utc>, Option<i32>);
+/// The start edges of a batch read, as they come back: the rows of each
+/// minute boundary `t`, each with its segment (see [`live_batch_sql`]).
+#[derive(Debug, Default)]
+pub struct StartEdges {
+    /// Per boundary: the distinct edge starts, sorted, and the rows.
+    by_end: HashMap<DateTime<Utc>, (Vec<DateTime<Utc>>, Vec<(u32, LiveRow)>)>,
+}
+
+impl StartEdges {
+    /// The rows of the start edge `[from, to)` (one of those asked for), of
+    /// `value` or of every value, with `t` set to `from`: they all lie in
+    /// the minute of `from`.
+    pub fn rows(
+        &self,
+        (from, to): (DateTime<Utc>, DateTime<Utc>),
+        value: Option<i32>,
+    ) -> impl Iterator<Item = LiveRow> + '_ {
+        let found = self.by_end.get(&to).and_then(|(starts, rows)| {
+            // Events at or after `from` have a segment above its index.
+            Some((starts.binary_search(&from).ok()?, rows))
+        });
+        found.into_iter().flat_map(move |(rank, rows)| {
+            rows.iter()
+                .filter(move |(segment, row)| {
+                    *segment as usize > rank && value.is_none_or(|v| row.value_id == v)
+                })
+                .map(move |(_, row)| LiveRow { t: from, ..*row })
+        })
+    }
+}
 
 /// The live part of many queries in one statement: `base` gives what they
 /// share (dimension, end edge, generation; `value` is ignored, every value
 /// is read) and the union of their delta minutes; `starts` their start
-/// edges. Returns the shared part (pending deltas of every value, end-edge
-/// rows, fold log) and the rows of each start edge, in `starts` order. The
-/// caller keeps each query's own deltas and values.
+/// edges `[from, to)`. Returns the shared part (pending deltas of every
+/// value, end-edge rows, fold log) and the start edges' rows; the caller
+/// keeps each query's own deltas, edge and values.
 pub async fn read_live_batch(
     conn: &mut AsyncPgConnection,
     base: &LiveRequest,
-    starts: &[StartEdge],
-) -> Result<(Live, Vec<Vec<LiveRow>>)> {
+    starts: &[(DateTime<Utc>, DateTime<Utc>)],
+) -> Result<(Live, StartEdges)> {
     let sql = statement_for(&LIVE_BATCH, base)?;
     let shared = LiveRequest {
         value: None,
@@ -466,23 +516,28 @@ pub async fn read_live_batch(
     let rows: Vec<LiveSqlRow> = live_statement(sql, &shared)
         .bind::<Array<Timestamptz>, _>(starts.iter().map(|s| s.0).collect::<Vec<_>>())
         .bind::<Array<Timestamptz>, _>(starts.iter().map(|s| s.1).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Int4>>, _>(starts.iter().map(|s| s.2).collect::<Vec<_>>())
         .load(conn)
         .await?;
-    let mut edges: Vec<Vec<LiveRow>> = vec![Vec::new(); starts.len()];
+    let mut edges = StartEdges::default();
+    for (from, to) in starts {
+        edges.by_end.entry(*to).or_default().0.push(*from);
+    }
+    for (starts, _) in edges.by_end.values_mut() {
+        starts.sort_unstable();
+        starts.dedup();
+    }
     let mut rest = Vec::with_capacity(rows.len());
     for row in rows {
-        match usize::try_from(row.part - 10) {
-            Ok(i) => {
-                let slot = edges.get_mut(i).ok_or_else(|| {
-                    Error::Internal(format!("start edge {i} was not asked for").into())
-                })?;
-                if let Some(mut edge) = live_row(&row)? {
-                    edge.delta = false;
-                    slot.push(edge);
-                }
-            }
-            Err(_) => rest.push(row),
+        let (Ok(segment), Some(to)) = (u32::try_from(row.part - 10), row.cells.t) else {
+            rest.push(row);
+            continue;
+        };
+        let slot = edges.by_end.get_mut(&to).ok_or_else(|| {
+            Error::Internal(format!("start edge ending {to} was not asked for").into())
+        })?;
+        if let Some(mut edge) = live_row(&row)? {
+            edge.delta = false;
+            slot.1.push((segment, edge));
         }
     }
     Ok((live_from_rows(rest)?, edges))

@@ -280,18 +280,11 @@ impl Engine {
         let Some((_, first)) = group.first() else {
             return Vec::new();
         };
-        let mut starts: Vec<sql::StartEdge> = Vec::new();
-        let mut edge_of: Vec<Option<usize>> = Vec::with_capacity(group.len());
-        for (_, p) in group {
-            let (from, to) = p.live.start_edge;
-            edge_of.push((from < to).then(|| {
-                let edge = (from, to, p.live.value);
-                starts.iter().position(|s| *s == edge).unwrap_or_else(|| {
-                    starts.push(edge);
-                    starts.len() - 1
-                })
-            }));
-        }
+        let starts: Vec<(DateTime<Utc>, DateTime<Utc>)> = group
+            .iter()
+            .map(|(_, p)| p.live.start_edge)
+            .filter(|(from, to)| from < to)
+            .collect();
         let from = group
             .iter()
             .map(|(_, p)| p.live.deltas.0)
@@ -307,7 +300,7 @@ impl Engine {
                 tracing::debug!(
                     queries = group.len(),
                     edges = starts.len(),
-                    rows = read.0.rows.len() + read.1.iter().map(Vec::len).sum::<usize>(),
+                    rows = read.0.rows.len(),
                     live_ms = started.elapsed().as_secs_f64() * 1e3,
                     "batch live read"
                 );
@@ -321,8 +314,7 @@ impl Engine {
         self.cache.apply(&shared.log);
         group
             .iter()
-            .zip(edge_of)
-            .map(|((_, p), edge)| {
+            .map(|(_, p)| {
                 let own = &p.live;
                 let rows = shared
                     .rows
@@ -331,8 +323,8 @@ impl Engine {
                         own.value.is_none_or(|v| r.value_id == v)
                             && (!r.delta || (r.t >= own.deltas.0 && r.t < own.deltas.1))
                     })
-                    .chain(edge.iter().flat_map(|e| edges[*e].iter()))
                     .copied()
+                    .chain(edges.rows(own.start_edge, own.value))
                     .collect();
                 Some(Live {
                     log: shared.log.clone(),

@@ -960,7 +960,7 @@ async fn property_rollups_match_brute_force_over_random_events_and_requests() {
     }
 
     // The alert evaluator's batch: many requests ending at one instant
-    // (windows shared by several filters, sub-minute and longer ones),
+    // (windows shared by several filters, nested, sub-minute and longer),
     // answered together by a fresh engine, cold and then from its cache.
     let end = base
         + TimeDelta::seconds(rng.random_range(7200..span))
@@ -984,10 +984,12 @@ async fn property_rollups_match_brute_force_over_random_events_and_requests() {
             } else {
                 30 * 3600
             };
-            let window = if rng.random_bool(0.5) {
-                [30, 60, 90, 3600][rng.random_range(0..4)]
-            } else {
-                rng.random_range(1..longest)
+            // Shared windows; windows a few seconds apart, whose start
+            // edges nest in one minute; any window.
+            let window = match rng.random_range(0..3) {
+                0 => [30, 60, 90, 3600][rng.random_range(0..4)],
+                1 => rng.random_range(120..180),
+                _ => rng.random_range(1..longest),
             };
             req.end = Some(to_timestamp(end));
             req.start = Some(to_timestamp(end - TimeDelta::seconds(window)));
