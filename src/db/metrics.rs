@@ -470,9 +470,13 @@ pub async fn read_live(conn: &mut AsyncPgConnection, r: &LiveRequest) -> Result<
 /// minute boundary `t`, each with its segment (see [`live_batch_sql`]).
 #[derive(Debug, Default)]
 pub struct StartEdges {
-    /// Per boundary: the distinct edge starts, sorted, and the rows.
-    by_end: HashMap<DateTime<Utc>, (Vec<DateTime<Utc>>, Vec<(u32, LiveRow)>)>,
+    /// Per boundary: its edges and their rows.
+    by_end: HashMap<DateTime<Utc>, Nested>,
 }
+
+/// The start edges that end at one minute boundary: their distinct starts,
+/// sorted, and the rows with their segments.
+type Nested = (Vec<DateTime<Utc>>, Vec<(u32, LiveRow)>);
 
 impl StartEdges {
     /// The rows of the start edge `[from, to)` (one of those asked for), of
