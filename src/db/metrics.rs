@@ -90,18 +90,20 @@ fn edge_template(sets: bool, dimension: usize) -> String {
 }
 
 /// Counts of dimension 0 per type: every event, and purchases with their
-/// quantity and revenue.
+/// quantity and revenue, in one scan of the range. The purchase lookup is
+/// gated on the event's type: PostgreSQL makes `e.event_type_id = $13` a
+/// one-time filter of the lateral subquery, so other events cost no index
+/// lookup. (Every purchase event has its purchases row: validation
+/// requires the detail and ingest writes both in one statement.)
 const TYPE_COUNTS_EDGE: &str = concat!(
     r#"SELECT {part} AS part, {t} AS t, 0 AS value_id, e.event_type_id AS type_id, count(*)::int8 AS n,
-                      0::int8 AS quantity, NULL::text AS revenue
-               FROM events e WHERE {range} AND e.event_type_id <> $13{gate} GROUP BY {by}e.event_type_id
-               UNION ALL
-               SELECT {part}, {t}, 0, e.event_type_id, count(*)::int8, sum(p.quantity)::int8, "#,
+                      coalesce(sum(p.quantity), 0)::int8 AS quantity, "#,
     revenue_text!("sum(p.amount)"),
-    r#"
+    r#" AS revenue
                FROM events e
-               CROSS JOIN LATERAL (SELECT x.quantity, x.amount FROM purchases x WHERE x.event_id = e.event_id LIMIT 1) p
-               WHERE {range} AND e.event_type_id = $13{gate} GROUP BY {by}e.event_type_id"#
+               LEFT JOIN LATERAL (SELECT x.quantity, x.amount FROM purchases x
+                                  WHERE e.event_type_id = $13 AND x.event_id = e.event_id LIMIT 1) p ON true
+               WHERE {range}{gate} GROUP BY {by}e.event_type_id"#
 );
 
 /// [`edge_template`] of a page (1) or product (2) dimension: events of the
