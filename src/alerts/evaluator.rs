@@ -258,7 +258,9 @@ async fn evaluate_all(
     }
     let queries: Vec<_> = batch.iter().map(|(_, _, q)| q.clone()).collect();
     // One snapshot for the whole tick: every rule sees the same state, and
-    // no bucket is read in another fold generation than the live parts.
+    // no bucket is read in another fold generation than the live parts. A
+    // statement that fails aborts the snapshot: the rules not yet answered
+    // fail with it and keep their state until the next tick.
     let answers = connection(pool)
         .await?
         .build_transaction()

@@ -230,7 +230,9 @@ impl Engine {
     /// statement ([`sql::read_live_batch`]): a thousand rules cost a few
     /// statements, not a thousand. Each answer equals [`Engine::answer`]'s;
     /// a query whose batch read fails, or whose buckets were read in another
-    /// fold generation, is answered alone.
+    /// fold generation, is answered alone. Inside a transaction (the
+    /// evaluator's snapshot) a failed statement aborts it, so every later
+    /// query of the batch fails too.
     pub async fn answer_batch(
         &self,
         conn: &mut AsyncPgConnection,
