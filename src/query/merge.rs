@@ -188,8 +188,9 @@ fn visit_sets<'a>(
 /// before any union is computed: a group's union is at least its largest
 /// part and at most the sum of its parts, so with T the `limit`-th largest
 /// lower bound, every group of the true top `limit` (ties included) has an
-/// upper bound of at least T. Only those candidates are unioned: for 2,000
-/// pages, a few dozen.
+/// upper bound of at least T. Only those candidates are unioned, largest
+/// upper bound first, and only until the exact `limit`-th size found beats
+/// every bound left ([`top_unions`]).
 pub(super) fn set_totals(job: &Job<'_>, merged: &Merged) -> Vec<(u32, i128)> {
     let pieces = merged.total_plan.as_deref().unwrap_or(&merged.series_plan);
     let bounds = std::cell::RefCell::new(FxHashMap::<u32, (u64, u64)>::default());
@@ -224,28 +225,84 @@ pub(super) fn set_totals(job: &Job<'_>, merged: &Merged) -> Vec<(u32, i128)> {
                 .map(|(g, _)| *g)
                 .collect()
         });
-    let wanted = |g: u32| candidates.as_ref().is_none_or(|c| c.contains(&g));
-    let totals = std::cell::RefCell::new(FxHashMap::<u32, RoaringTreemap>::default());
+    let Some(candidates) = candidates else {
+        let totals = std::cell::RefCell::new(FxHashMap::<u32, RoaringTreemap>::default());
+        visit_sets(
+            job,
+            merged,
+            pieces,
+            |_, g, s| s.union_into(totals.borrow_mut().entry(g).or_default()),
+            |_, g, u| {
+                totals.borrow_mut().entry(g).or_default().insert(u);
+            },
+        );
+        return totals
+            .into_inner()
+            .into_iter()
+            .map(|(g, s)| (g, i128::from(s.len())))
+            .collect();
+    };
+    let parts = std::cell::RefCell::new(FxHashMap::<u32, Parts<'_>>::default());
     visit_sets(
         job,
         merged,
         pieces,
         |_, g, s| {
-            if wanted(g) {
-                s.union_into(totals.borrow_mut().entry(g).or_default());
+            if candidates.contains(&g) {
+                parts.borrow_mut().entry(g).or_default().0.push(s);
             }
         },
         |_, g, u| {
-            if wanted(g) {
-                totals.borrow_mut().entry(g).or_default().insert(u);
+            if candidates.contains(&g) {
+                parts.borrow_mut().entry(g).or_default().1.push(u);
             }
         },
     );
-    totals
-        .into_inner()
-        .into_iter()
-        .map(|(g, s)| (g, i128::from(s.len())))
-        .collect()
+    top_unions(parts.into_inner(), &bounds, limit)
+}
+
+/// The stored sets and live users of one group.
+type Parts<'a> = (Vec<&'a UserSet>, Vec<u64>);
+
+/// Exact unions of the candidates, largest upper bound first, until no
+/// candidate left can reach the `limit`-th exact size found so far (nor
+/// tie with it): unions past that point cannot change the top `limit`.
+fn top_unions(
+    mut parts: FxHashMap<u32, Parts<'_>>,
+    bounds: &FxHashMap<u32, (u64, u64)>,
+    limit: usize,
+) -> Vec<(u32, i128)> {
+    let mut order: Vec<(u32, u64)> = parts
+        .keys()
+        .map(|g| (*g, bounds.get(g).map_or(u64::MAX, |b| b.1)))
+        .collect();
+    order.sort_unstable_by_key(|o| std::cmp::Reverse(o.1));
+    let mut best = std::collections::BinaryHeap::new();
+    let mut out = Vec::new();
+    for (g, upper) in order {
+        if best.len() == limit
+            && best
+                .peek()
+                .is_some_and(|std::cmp::Reverse(kth)| upper < *kth)
+        {
+            break;
+        }
+        let Some((sets, users)) = parts.remove(&g) else {
+            continue;
+        };
+        let mut union = RoaringTreemap::new();
+        for s in sets {
+            s.union_into(&mut union);
+        }
+        union.extend(users);
+        let n = union.len();
+        out.push((g, i128::from(n)));
+        best.push(std::cmp::Reverse(n));
+        if best.len() > limit {
+            best.pop();
+        }
+    }
+    out
 }
 
 /// A union being built: most output buckets hold exactly one stored set,
