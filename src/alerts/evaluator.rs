@@ -250,13 +250,16 @@ async fn evaluate_all(
 ) -> Result<Vec<(Vec<Uuid>, Result<Evaluation>)>> {
     let mut results = Vec::with_capacity(groups.len());
     let mut batch = Vec::with_capacity(groups.len());
+    let mut queries = Vec::with_capacity(groups.len());
     for (key, ids) in groups {
         match key.query(now) {
-            Ok(query) => batch.push((key, ids, query)),
+            Ok(query) => {
+                batch.push((key, ids));
+                queries.push(query);
+            }
             Err(error) => results.push((ids, Err(error))),
         }
     }
-    let queries: Vec<_> = batch.iter().map(|(_, _, q)| q.clone()).collect();
     // One snapshot for the whole tick: every rule sees the same state, and
     // no bucket is read in another fold generation than the live parts. A
     // statement that fails aborts the snapshot: the rules not yet answered
@@ -268,7 +271,7 @@ async fn evaluate_all(
         .repeatable_read()
         .run::<_, Error, _>(async |conn| Ok(cache.answer_batch(conn, &queries).await))
         .await?;
-    for ((key, ids, _), answer) in batch.into_iter().zip(answers) {
+    for ((key, ids), answer) in batch.into_iter().zip(answers) {
         let evaluation = answer.map(|answer| {
             // An ungrouped TOTAL answer is one zero-filled series.
             let value = answer.series.first().map_or(0.0, |s| s.total);

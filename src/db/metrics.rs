@@ -541,8 +541,8 @@ pub async fn read_live_batch(
         let slot = edges.by_end.get_mut(&to).ok_or_else(|| {
             Error::Internal(format!("start edge ending {to} was not asked for").into())
         })?;
-        if let Some(mut edge) = live_row(&row)? {
-            edge.delta = false;
+        // Parts other than 0 are not deltas: `live_row` says so.
+        if let Some(edge) = live_row(&row)? {
             slot.1.push((segment, edge));
         }
     }

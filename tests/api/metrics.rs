@@ -412,32 +412,22 @@ async fn a_range_under_a_minute_across_a_boundary_puts_each_event_in_its_minute(
         .expect("ingest");
     let (start, end) = (t - TimeDelta::seconds(30), t + TimeDelta::seconds(30));
     for _ in 0..2 {
-        let events = request(
-            Metric::Events,
-            start,
-            end,
-            Granularity::Minute,
-            None,
-            Dimension::Unspecified,
-            0,
-        );
-        assert_eq!(
-            shape(&get(&app, events).await),
-            vec![(String::new(), vec![2.0, 1.0], 3.0)]
-        );
-        let users = request(
-            Metric::UniqueUsers,
-            start,
-            end,
-            Granularity::Minute,
-            None,
-            Dimension::Unspecified,
-            0,
-        );
-        assert_eq!(
-            shape(&get(&app, users).await),
-            vec![(String::new(), vec![2.0, 1.0], 2.0)]
-        );
+        for (metric, total) in [(Metric::Events, 3.0), (Metric::UniqueUsers, 2.0)] {
+            let req = request(
+                metric,
+                start,
+                end,
+                Granularity::Minute,
+                None,
+                Dimension::Unspecified,
+                0,
+            );
+            assert_eq!(
+                shape(&get(&app, req).await),
+                vec![(String::new(), vec![2.0, 1.0], total)],
+                "{metric:?}"
+            );
+        }
         fold(&app).await;
     }
 }
